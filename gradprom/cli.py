@@ -1,0 +1,229 @@
+"""The `gradprom` command: thin argument handling over the platform (and later tuning, federated, ...).
+
+User mistakes (bad config values, missing or damaged files, wrong data) print one paragraph and exit 2;
+an interrupted run exits 130 after marking itself "stopped".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+# flag -> dotted config field (flags not given are not applied, so a config file's values stand)
+TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "task": ("task", str, "classification | segmentation"),
+    "seed": ("seed", int, "random seed of data, degradations and model init"),
+    "data": ("data.source", str, "'phantoms' (embedded default) or a MedMNIST-style .npz"),
+    "degradation": ("data.degradation", str, "e.g. gaussian:sigma=0.1, lowdose, sr2, 'blur:sigma=1+gaussian:sigma=0.05'"),
+    "batch_size": ("data.batch_size", int, "training batch size"),
+    "strategy": ("gradprom.strategy", str, "gradprom | joint | enhance_only | cosine_weighted | pcgrad | torchjd:NAME"),
+    "tau": ("gradprom.tau", float, "gate threshold in [-1, 1] (>= 0 keeps the descent guarantee)"),
+    "granularity": ("gradprom.granularity", str, "global | layer"),
+    "gate_space": ("gradprom.gate_space", str, "parameter (the paper's gate) | output (cheap approximation)"),
+    "lambda_e": ("gradprom.lambda_e", float, "weight of the enhancement loss"),
+    "lambda_r": ("gradprom.lambda_r", float, "weight of the recognition loss in the enhancer's objective"),
+    "recognizer_mode": ("gradprom.recognizer_mode", str, "joint | clean | frozen"),
+    "recognizer_checkpoint": ("gradprom.recognizer_checkpoint", str, "checkpoint to load the recognizer from"),
+    "epochs": ("optim.epochs", int, "number of epochs"),
+    "lr": ("optim.lr", float, "enhancer learning rate (Adam)"),
+    "max_steps_per_epoch": ("optim.max_steps_per_epoch", int, "cap on steps per epoch (quick runs)"),
+    "out": ("run.out", str, "runs directory (default: runs)"),
+    "name": ("run.name", str, "run name (default: <strategy>-<task>-<time>)"),
+    "device": ("run.device", str, "auto | cpu | cuda (bf16 autocast on cuda)"),
+}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (e.g. a run's config.yaml); flags override it")
+    for flag, (field, typ, help_) in TRAIN_FLAGS.items():
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, metavar=flag.split("_")[-1].upper(),
+                       help=f"{help_} [{field}]")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any config field, e.g. --set model.enhancer=basicunet (repeatable)")
+
+
+def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
+    """Config from defaults <- --config file <- --set options <- explicit flags."""
+    from gradprom.platform.config import build_config, dotted_override, load_config_file, merge, parse_set_option
+
+    raw: dict[str, Any] = dict(base or {})
+    sources = ["defaults"]
+    if getattr(args, "config", None):
+        raw = merge(raw, load_config_file(args.config))
+        sources.append(args.config)
+    for s in getattr(args, "sets", []):
+        raw = merge(raw, parse_set_option(s))
+    for flag, (field, _, _) in TRAIN_FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            raw = merge(raw, dotted_override(field, v))
+    if len(sources) > 1 or getattr(args, "sets", None):
+        sources.append("command line")
+    return build_config(raw, source=" + ".join(sources))
+
+
+# -----------------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from gradprom.platform.config import load_config_file
+    from gradprom.platform.loop import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            from gradprom.platform.errors import DataError
+            raise DataError(f"--resume {str(run_dir)!r}: not a run directory (no config.yaml); pass the "
+                            f"directory `gradprom train` wrote, e.g. runs/<name>.")
+        cfg = resolve_config(args, base=load_config_file(run_dir / "config.yaml"))
+        path = train(cfg, resume=True, run_path=run_dir)
+    else:
+        cfg = resolve_config(args)
+        path = train(cfg)
+    _print_run_summary(path)
+    return 0
+
+
+def _print_run_summary(path: Path) -> None:
+    from gradprom.platform.rundir import RunDir
+
+    info = RunDir(path).read_run()
+    test = info.get("test", {})
+    shown = {k: v for k, v in test.items() if k in ("psnr", "psnr_input", "ssim", "accuracy", "auc", "dice")}
+    print(f"run finished: {path}")
+    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gradprom.platform.loop import evaluate_run
+
+    metrics = evaluate_run(args.run, checkpoint=args.checkpoint, split=args.split, data=args.data,
+                           device=args.device)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{args.run} · {args.checkpoint} checkpoint · {args.split} split")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in metrics.items():
+        t.add_row(k, f"{v:.4f}")
+    Console().print(t)
+    return 0
+
+
+DEMO_STRATEGIES = ["enhance_only", "joint", "pcgrad", "cosine_weighted", "gradprom"]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from gradprom.platform.config import build_config
+    from gradprom.platform.loop import train
+    from gradprom.platform.rundir import RunDir
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    root = Path(args.out) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console(stderr=True)
+    console.print(f"GradProm demo: {len(strategies)} strategies on the embedded phantoms ({args.task}, "
+                  f"{args.degradation}), {args.epochs} epochs each; runs in {root}")
+    rows = []
+    for s in strategies:
+        t0 = time.monotonic()
+        cfg = build_config({"task": args.task, "seed": args.seed,
+                            "data": {"num_train": args.train_images, "num_val": 128, "num_test": 256,
+                                     "degradation": args.degradation},
+                            "gradprom": {"strategy": s},
+                            "optim": {"epochs": args.epochs},
+                            "run": {"out": str(root), "name": s.replace(":", "-"), "device": args.device}},
+                           source="demo")
+        console.print(f"[bold]{s}[/bold] ...")
+        path = train(cfg)
+        info = RunDir(path).read_run()
+        val_rows = [r for r in RunDir(path).read_epochs() if r["split"] == "train"]
+        rows.append((s, info["test"], val_rows, time.monotonic() - t0))
+    metric = "accuracy" if args.task == "classification" else "dice"
+    table = Table(title=f"GradProm demo · test split · {args.task} · {args.degradation}")
+    for col in ("strategy", "PSNR (dB)", "SSIM", metric, "gate-open rate", "mean cos", "time (s)"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    psnr_in = rows[0][1]["psnr_input"] if rows else math.nan
+    for s, test, train_rows, secs in rows:
+        gate = [r["gate_open_rate"] for r in train_rows if r.get("gate_open_rate") is not None]
+        cos = [r["mean_cos"] for r in train_rows if r.get("mean_cos") is not None]
+        g = sum(gate) / len(gate) if gate and not any(math.isnan(x) for x in gate) else math.nan
+        table.add_row(s, f"{test['psnr']:.2f}", f"{test['ssim']:.4f}", f"{test[metric]:.4f}",
+                      "n/a" if math.isnan(g) else f"{g:.2f}", f"{sum(cos) / max(len(cos), 1):+.3f}", f"{secs:.0f}")
+    Console().print(table)
+    print(f"degraded input: PSNR {psnr_in:.2f} dB. Runs, tables and figures: {root}")
+    return 0
+
+
+# -----------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradprom", description="Task-driven medical image enhancement with "
+                                     "Gradient Promotion (GradProm).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an enhancer with GradProm (or a baseline) locally",
+                       description="Train E and R. Values come from defaults, then --config, then --set, then flags.")
+    _add_train_flags(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or finished run from its latest "
+                   "checkpoint (flags override its config, e.g. --epochs to train longer)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--checkpoint", default="best", help="best | latest | a checkpoint path (default: best)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data", help="evaluate on other data (same channels and classes)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train each strategy for a few minutes on the phantoms and compare")
+    p.add_argument("--task", default="classification", choices=["classification", "segmentation"])
+    p.add_argument("--degradation", default="gaussian:sigma=0.1")
+    p.add_argument("--strategies", default=",".join(DEMO_STRATEGIES), help="comma-separated strategies")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--train-images", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from gradprom.platform.errors import GradPromError
+
+    try:
+        return args.func(args)
+    except GradPromError as e:
+        print(f"gradprom: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradprom: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # e.g. an unwritable --out: a user problem, not a bug
+        print(f"gradprom: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

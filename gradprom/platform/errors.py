@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints these as one paragraph and exits non-zero, without a traceback."""
+
+
+class GradPromError(Exception):
+    """A problem with the user's input (config, files, data) that the user can fix."""
+
+
+class ConfigError(GradPromError):
+    """An invalid configuration value; the message names the field, the value and what is allowed."""
+
+
+class DataError(GradPromError):
+    """Unreadable, malformed or inconsistent data; the message names the file and what is expected."""
+
+
+class TrainingError(GradPromError):
+    """Training cannot go on (e.g. too many non-finite steps in a row); the message names the step."""

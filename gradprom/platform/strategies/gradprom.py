@@ -1,0 +1,48 @@
+"""GradProm (Zhang & Cheng, TPAMI 2025, arXiv 2501.01114): admit g_r only where it agrees with g_e."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .base import Decision, ParamLayout, Strategy, segment_cosines
+
+
+class GradProm(Strategy):
+    """update = g_e + [cos(g_e, g_r) > tau] * g_r, globally or per parameter tensor.
+
+    For tau >= 0 the update d satisfies <d, g_e> >= |g_e|^2: it is always a descent direction for the
+    enhancement loss, so the task can help the enhancer but never pull it uphill. tau < 0 loses that.
+
+    :param tau: gate threshold in [-1, 1].
+    :param granularity: "global" (one cosine over all parameters) or "layer" (one per parameter tensor).
+    """
+
+    name = "gradprom"
+
+    def __init__(self, tau: float = 0.0, granularity: Literal["global", "layer"] = "global"):
+        if not -1.0 <= tau <= 1.0:
+            raise ValueError(f"Parameter `tau` should be in [-1, 1]. Found `tau = {tau}`.")
+        if granularity not in ("global", "layer"):
+            raise ValueError(f"Parameter `granularity` should be 'global' or 'layer'. Found {granularity!r}.")
+        self.tau = float(tau)
+        self.granularity = granularity
+
+    def forward(self, g_e: Tensor, g_r: Tensor, cos: Tensor, layout: ParamLayout | None) -> Decision:
+        if self.granularity == "global":
+            open_ = (cos > self.tau).to(g_e.dtype)
+            return Decision(update=g_e + open_ * g_r, cos=cos, gate_open=open_)
+        if layout is None:
+            raise ValueError("`granularity='layer'` needs the parameter layout of the enhancer.")
+        layer_open = (segment_cosines(g_e, g_r, layout) > self.tau).to(g_e.dtype)
+        mask = layer_open[layout.segment_ids(g_e.device)]
+        return Decision(update=g_e + mask * g_r, cos=cos, gate_open=layer_open.mean(), layer_open=layer_open)
+
+    def __repr__(self) -> str:
+        return f"GradProm(tau={self.tau}, granularity={self.granularity!r})"
+
+    def __str__(self) -> str:
+        suffix = "" if self.granularity == "global" else ", layer"
+        return f"GradProm (τ={self.tau:g}{suffix})"
