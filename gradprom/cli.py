@@ -152,7 +152,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metric = "accuracy" if args.task == "classification" else "dice"
     table = Table(title=f"GradProm demo · test split · {args.task} · {args.degradation}")
     for col in ("strategy", "PSNR (dB)", "SSIM", metric, "gate-open rate", "mean cos", "time (s)"):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
+        # never ellipsize the strategy names (rich shrinks columns to fit an 80-column or piped console)
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=col == "strategy")
     psnr_in = rows[0][1]["psnr_input"] if rows else math.nan
     for s, test, train_rows, secs in rows:
         gate = [r["gate_open_rate"] for r in train_rows if r.get("gate_open_rate") is not None]

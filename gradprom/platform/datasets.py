@@ -164,6 +164,10 @@ def load_npz(path: str | Path, task: str, val_fraction: float = 0.1, seed: int =
     if not p.is_file():
         raise DataError(f"Data file {str(p)!r} does not exist; expected a MedMNIST-style .npz "
                         f"(train_images, train_labels, val_*, test_*) or `phantoms`.")
+    if not zipfile.is_zipfile(p):
+        raise DataError(f"Data file {str(p)!r} could not be read as .npz: it is not a NumPy zip of named arrays "
+                        f"(it may be truncated, a single-array .npy, or another format). Expected the MedMNIST keys "
+                        f"train_images, train_labels, val_*, test_*.")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

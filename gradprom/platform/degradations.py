@@ -73,10 +73,12 @@ class Blur:
             return x
         k = self.kernel().to(x.dtype)
         r = (k.numel() - 1) // 2
-        c = x.shape[0]
+        c, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        # reflect padding needs r < side; a kernel wider than a small image pads by replicating the edge
+        mode_w, mode_h = ("reflect" if r < w else "replicate"), ("reflect" if r < h else "replicate")
         y = x.unsqueeze(0)
-        y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        y = F.conv2d(F.pad(y, (r, r, 0, 0), mode=mode_w), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        y = F.conv2d(F.pad(y, (0, 0, r, r), mode=mode_h), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
         return y.squeeze(0)
 
 
@@ -135,8 +137,7 @@ def parse_degradation(spec: str) -> Degradation:
     where = "config field `data.degradation`"
     text = SHORTHANDS.get(spec.strip(), spec.strip())
     steps = []
-    for part in filter(None, (p.strip() for p in text.split("+"))):
-        part = SHORTHANDS.get(part, part)
+    for part in filter(None, (SHORTHANDS.get(p.strip(), p.strip()) for p in text.split("+"))):
         name, _, args = part.partition(":")
         if name not in _STEPS:
             raise ConfigError(f"{where}: got {spec!r}; unknown step {name!r}. Steps: {', '.join(_STEPS)}; "

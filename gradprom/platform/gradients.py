@@ -42,15 +42,13 @@ def enhancer_vjp(x_hat: Tensor, params: Sequence[Tensor], u: Tensor) -> Tensor:
 
 
 def assign_flat_grad(params: Sequence[nn.Parameter], flat: Tensor) -> None:
-    """Write a flat gradient vector into `p.grad` of each parameter (views reshaped, dtype of the params)."""
+    """Point each parameter's `.grad` at its slice of a flat gradient vector (views, no copies; the step
+    sets grads to None after each optimizer step, so nothing else holds the buffer)."""
     offset = 0
     for p in params:
         n = p.numel()
-        g = flat[offset:offset + n].view_as(p).to(p.dtype)
-        if p.grad is None:
-            p.grad = g.clone()
-        else:
-            p.grad.copy_(g)
+        g = flat[offset:offset + n].view_as(p)
+        p.grad = g if g.dtype == p.dtype else g.to(p.dtype)
         offset += n
     if offset != flat.numel():
         raise ValueError(f"flat gradient has {flat.numel()} entries, the parameters {offset}")

@@ -68,7 +68,7 @@ def _init_last_small(module: nn.Module, gain: float = 0.1) -> None:
                 convs[-1].bias.zero_()
 
 
-def _unet(in_ch: int, out_ch: int, channels: list[int], norm: str = "instance") -> nn.Module:
+def _unet(in_ch: int, out_ch: int, channels: list[int], norm: str | tuple = "instance") -> nn.Module:
     depth = len(channels) - 1
     net = UNet(spatial_dims=2, in_channels=in_ch, out_channels=out_ch, channels=tuple(channels),
                strides=(2,) * depth, num_res_units=1, norm=norm)
@@ -97,6 +97,7 @@ def build_recognizer(name: str, task: str, channels: int, num_outputs: int, feat
                      norm: str = "batch") -> nn.Module:
     """The recognizer `name` for `task`: logits (B, K) for classification, (B, K, H, W) for segmentation."""
     features = features or [16, 32, 64]
+    norm = ("instance", {"affine": True}) if norm == "instance" else norm  # MONAI's ResNet inits norm weights
     if task == "segmentation":
         if name != "unet":
             raise ValueError(f"recognizer {name!r} cannot segment; use 'unet'")

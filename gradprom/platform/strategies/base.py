@@ -51,15 +51,22 @@ def cosine(a: Tensor, b: Tensor, eps: float = 1e-20) -> Tensor:
     return torch.where(nn > eps, dot / nn.clamp_min(eps), torch.zeros_like(dot))
 
 
-def segment_cosines(g_e: Tensor, g_r: Tensor, layout: ParamLayout, eps: float = 1e-20) -> Tensor:
-    """(L,) cosine per parameter tensor, 0 where either part has zero norm."""
+def nonzero_pair(a: Tensor, b: Tensor, eps: float = 1e-20) -> Tensor:
+    """0-d bool: both vectors have a non-zero norm (a gate never opens on a zero gradient, whatever tau)."""
+    return torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b) > eps
+
+
+def segment_cosines(g_e: Tensor, g_r: Tensor, layout: ParamLayout, eps: float = 1e-20,
+                    return_valid: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """(L,) cosine per parameter tensor, 0 where either part has zero norm (and that mask, if asked)."""
     ids = layout.segment_ids(g_e.device)
     L = len(layout)
     dot = torch.zeros(L, device=g_e.device, dtype=g_e.dtype).index_add_(0, ids, g_e * g_r)
     ne = torch.zeros_like(dot).index_add_(0, ids, g_e * g_e).sqrt()
     nr = torch.zeros_like(dot).index_add_(0, ids, g_r * g_r).sqrt()
     nn = ne * nr
-    return torch.where(nn > eps, dot / nn.clamp_min(eps), torch.zeros_like(dot))
+    cos = torch.where(nn > eps, dot / nn.clamp_min(eps), torch.zeros_like(dot))
+    return (cos, nn > eps) if return_valid else cos
 
 
 class Strategy(ABC):

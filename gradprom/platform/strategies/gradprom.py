@@ -7,12 +7,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import Decision, ParamLayout, Strategy, segment_cosines
+from .base import Decision, ParamLayout, Strategy, nonzero_pair, segment_cosines
 
 
 class GradProm(Strategy):
     """update = g_e + [cos(g_e, g_r) > tau] * g_r, globally or per parameter tensor.
 
+    A zero-norm g_e or g_r (globally, or in a layer) keeps the gate closed whatever tau is.
     For tau >= 0 the update d satisfies <d, g_e> >= |g_e|^2: it is always a descent direction for the
     enhancement loss, so the task can help the enhancer but never pull it uphill. tau < 0 loses that.
 
@@ -32,11 +33,12 @@ class GradProm(Strategy):
 
     def forward(self, g_e: Tensor, g_r: Tensor, cos: Tensor, layout: ParamLayout | None) -> Decision:
         if self.granularity == "global":
-            open_ = (cos > self.tau).to(g_e.dtype)
+            open_ = ((cos > self.tau) & nonzero_pair(g_e, g_r)).to(g_e.dtype)
             return Decision(update=g_e + open_ * g_r, cos=cos, gate_open=open_)
         if layout is None:
             raise ValueError("`granularity='layer'` needs the parameter layout of the enhancer.")
-        layer_open = (segment_cosines(g_e, g_r, layout) > self.tau).to(g_e.dtype)
+        layer_cos, valid = segment_cosines(g_e, g_r, layout, return_valid=True)
+        layer_open = ((layer_cos > self.tau) & valid).to(g_e.dtype)
         mask = layer_open[layout.segment_ids(g_e.device)]
         return Decision(update=g_e + mask * g_r, cos=cos, gate_open=layer_open.mean(), layer_open=layer_open)
 

@@ -32,6 +32,8 @@ class TorchJD(Strategy):
             self.aggregator = cls(**kwargs)
         except TypeError as e:
             raise ValueError(f"torchjd's {aggregator_name} could not be built with {kwargs}: {e}") from None
+        except ImportError as e:  # e.g. CAGrad and NashMTL need optional solvers (torchjd extras)
+            raise ValueError(f"torchjd's {aggregator_name} needs an optional dependency: {e}") from None
         self.aggregator_name = aggregator_name
         self.kwargs = kwargs
         self.name = label or f"torchjd:{aggregator_name}"
