@@ -161,7 +161,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         g = sum(gate) / len(gate) if gate and not any(math.isnan(x) for x in gate) else math.nan
         table.add_row(s, f"{test['psnr']:.2f}", f"{test['ssim']:.4f}", f"{test[metric]:.4f}",
                       "n/a" if math.isnan(g) else f"{g:.2f}", f"{sum(cos) / max(len(cos), 1):+.3f}", f"{secs:.0f}")
-    Console().print(table)
+    out = Console()
+    if not out.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
+        out = Console(width=120)
+    out.print(table)
     print(f"degraded input: PSNR {psnr_in:.2f} dB. Runs, tables and figures: {root}")
     return 0
 

@@ -121,8 +121,13 @@ class RunDir:
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]] | pa.Table) -> None:
-    """Write rows (or a table) to a Parquet file atomically."""
-    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+    """Write rows (or a table) to a Parquet file atomically. Columns are the union of the rows' keys (a row
+    without a key gets null there); `pa.Table.from_pylist` alone would keep only the first row's keys."""
+    if isinstance(rows, pa.Table):
+        table = rows
+    else:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows])
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

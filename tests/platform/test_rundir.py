@@ -71,3 +71,14 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
     torch.save({"enhancer": Evil()}, p)
     with pytest.raises(DataError):
         load_checkpoint(p)
+
+
+def test_epoch_rows_with_different_columns_keep_every_column(tmp_path):
+    """A train row without psnr followed by a val row with it: nothing may be dropped."""
+    run = RunDir(tmp_path / "r")
+    rows = [{"epoch": 0, "split": "train", "loss_e": 0.1},
+            {"epoch": 0, "split": "val", "loss_e": 0.2, "psnr": 25.0, "accuracy": 0.5}]
+    run.write_epochs(rows)
+    back = run.read_epochs()
+    assert back[1]["psnr"] == 25.0 and back[1]["accuracy"] == 0.5
+    assert back[0]["psnr"] is None
