@@ -147,8 +147,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print(f"[bold]{s}[/bold] ...")
         path = train(cfg)
         info = RunDir(path).read_run()
-        val_rows = [r for r in RunDir(path).read_epochs() if r["split"] == "train"]
-        rows.append((s, info["test"], val_rows, time.monotonic() - t0))
+        train_rows = [r for r in RunDir(path).read_epochs() if r["split"] == "train"]
+        rows.append((s, info["test"], train_rows, time.monotonic() - t0))
     metric = "accuracy" if args.task == "classification" else "dice"
     table = Table(title=f"GradProm demo · test split · {args.task} · {args.degradation}")
     for col in ("strategy", "PSNR (dB)", "SSIM", metric, "gate-open rate", "mean cos", "time (s)"):

@@ -7,8 +7,6 @@ monitored metric so far, and the resolved config (plain dicts/lists/numbers only
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                         f"(e.g. <run>/checkpoints/latest.pt or best.pt).")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
+    except Exception as e:  # RuntimeError, EOFError, UnpicklingError, struct.error (a few junk bytes), ...
         raise DataError(f"Checkpoint {str(p)!r} is damaged or not a GradProm checkpoint ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); re-run training or pick another checkpoint."
                         ) from None

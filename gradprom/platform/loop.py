@@ -173,11 +173,16 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
     start_epoch, global_step, best, epoch_rows = 0, 0, -math.inf, []
     if resume and run.latest_checkpoint().is_file():
         state = load_checkpoint(run.latest_checkpoint(), map_location=device)
-        models.enhancer.load_state_dict(state["enhancer"])
-        models.recognizer.load_state_dict(state["recognizer"])
-        models.opt_e.load_state_dict(state["opt_e"])
-        if models.opt_r is not None and state.get("opt_r"):
-            models.opt_r.load_state_dict(state["opt_r"])
+        try:
+            models.enhancer.load_state_dict(state["enhancer"])
+            models.recognizer.load_state_dict(state["recognizer"])
+            models.opt_e.load_state_dict(state["opt_e"])
+            if models.opt_r is not None and state.get("opt_r"):
+                models.opt_r.load_state_dict(state["opt_r"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ConfigError(f"--resume {str(run.path)!r}: its checkpoint {str(run.latest_checkpoint())!r} does not "
+                              f"fit the configuration given ({str(e).splitlines()[0][:200]}); a resumed run keeps "
+                              f"its task, data and models, so change only settings such as --epochs.") from None
         start_epoch, global_step, best = state["epoch"] + 1, state["step"], state["best"]
         epoch_rows = [r for r in run.read_epochs() if r["epoch"] <= state["epoch"]]
         run.truncate_steps(global_step)
