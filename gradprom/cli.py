@@ -203,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_demo)
+
+    for module in ("gradprom.data_cli", "gradprom.experiments.cli"):  # each adds its own sub-commands
+        try:
+            register = __import__(module, fromlist=["register"]).register
+        except ImportError as e:
+            if not e.name or not module.startswith(e.name):  # it exists but something it needs is missing
+                raise
+            continue
+        register(sub)
     return parser
 
 

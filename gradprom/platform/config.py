@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .atomic import atomic_write_text
 from .errors import ConfigError
@@ -25,7 +25,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    # where images come from: "phantoms" (embedded generator) or a path to a MedMNIST-style .npz
+    # where images come from: "phantoms" (embedded generator), a store directory (`gradprom data convert`),
+    # an image folder with a labels.csv, or a path to a MedMNIST-style .npz
     source: str = "phantoms"
     # phantoms only: image side in pixels, number of texture classes, split sizes, texture strength
     image_size: int = Field(64, ge=16, le=1024)
@@ -41,6 +42,19 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     # torch DataLoader worker processes (0 = load in the training process)
     loader_workers: int = Field(0, ge=0)
+    # store or image folder: use only these sites (None = all); every image keeps its site
+    sites: list[str] | None = Field(None, min_length=1)
+    # store: "on" reads it by row groups (a store larger than memory trains), "off" loads it whole, "auto"
+    # streams when the selected images take more than `stream_above_mb` as float32, or half the memory available
+    streaming: Literal["auto", "on", "off"] = "auto"
+    stream_above_mb: float = Field(1024.0, gt=0.0)
+    # streaming: images in the shuffle buffer (more = closer to a full shuffle; also capped at ~256 MB)
+    shuffle_buffer: int = Field(2048, ge=1)
+
+    @field_validator("streaming", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
 
 
 class ModelConfig(_Section):
@@ -122,6 +136,8 @@ class RunConfig(_Section):
     monitor: Literal["psnr", "ssim", "task"] = "psnr"  # validation metric that picks the best checkpoint
     flush_seconds: float = Field(5.0, gt=0.0)  # how often step rows are flushed to steps/*.parquet
     num_threads: int | None = Field(None, ge=1)  # torch CPU threads (None = torch's default)
+    # redraw figures/ after every epoch (live view); False draws them once at the end (grids of short runs)
+    figures_every_epoch: bool = True
 
 
 class Config(_Section):

@@ -1,6 +1,8 @@
 """Datasets: clean images (+ labels and/or masks) and the seeded degradation that makes the network input.
 
-Sources: the embedded phantoms, or a MedMNIST-style `.npz` (keys `train_images`, `train_labels`, `val_*`,
+Sources: the embedded phantoms, a GradProm Parquet store (a directory with `_store.json`, see store.py; read
+whole, or streamed by row groups when large), an image folder with a labels CSV (readers/folder.py), or a
+MedMNIST-style `.npz` (keys `train_images`, `train_labels`, `val_*`,
 `test_*`; images (N, H, W) or (N, H, W, C) with C = 1 or 3, uint8/uint16 or float in [0, 1]; labels (N,) or
 (N, 1); for segmentation, `*_masks` (N, H, W)). Every problem is reported as a DataError naming the file,
 the array and what is expected.
@@ -18,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .degradations import Degradation, parse_degradation
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .phantoms import SEG_CLASSES, make_phantoms
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,13 @@ _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 
 @dataclass
 class ImageSet:
-    """One split in memory: images (N, C, H, W) float32 in [0, 1]; labels (N,) and/or masks (N, H, W)."""
+    """One split in memory: images (N, C, H, W) float32 in [0, 1]; labels (N,) and/or masks (N, H, W); the
+    site of each image (N,) where the source has sites (a store, a folder with a `site` column)."""
 
     images: np.ndarray
     labels: np.ndarray | None = None
     masks: np.ndarray | None = None
+    sites: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -80,14 +84,18 @@ class EnhancementDataset(Dataset):
 
     def generator(self, index: int) -> torch.Generator:
         """The per-sample generator: depends only on (seed, split, epoch, index), not on batching or workers."""
-        epoch = self.epoch if self.split == "train" else 0
-        state = np.random.SeedSequence([self.seed, _SPLIT_CODE[self.split], epoch, index]).generate_state(2)
-        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return sample_generator(self.seed, self.split, self.epoch if self.split == "train" else 0, index)
 
     def __getitem__(self, index: int) -> dict:
         x_hq = self.images[index]
         x_lq = self.degradation(x_hq, self.generator(index))
         return {"x_lq": x_lq, "x_hq": x_hq, "y": self.targets[index], "index": index}
+
+
+def sample_generator(seed: int, split: str, epoch: int, index: int) -> torch.Generator:
+    """The degradation generator of one sample; the in-memory and the streaming datasets share it."""
+    state = np.random.SeedSequence([seed, _SPLIT_CODE[split], epoch, index]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -158,8 +166,8 @@ def _check_masks(arr: np.ndarray, images: np.ndarray, path: str, key: str) -> np
     return arr.astype(np.int64)
 
 
-def load_npz(path: str | Path, task: str, val_fraction: float = 0.1, seed: int = 0) -> tuple[dict[str, ImageSet], DataInfo]:
-    """Read a MedMNIST-style .npz into train/val/test ImageSets, validating every array."""
+def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz file, or a DataError naming the file when it is missing, damaged or not an .npz."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"Data file {str(p)!r} does not exist; expected a MedMNIST-style .npz "
@@ -176,6 +184,13 @@ def load_npz(path: str | Path, task: str, val_fraction: float = 0.1, seed: int =
                         f"truncated or not a NumPy archive.") from None
     except Exception as e:  # zlib.error and friends from a damaged member
         raise DataError(f"Data file {str(p)!r} is damaged ({type(e).__name__}: {e}).") from None
+    return arrays
+
+
+def load_npz(path: str | Path, task: str, val_fraction: float = 0.1, seed: int = 0) -> tuple[dict[str, ImageSet], DataInfo]:
+    """Read a MedMNIST-style .npz into train/val/test ImageSets, validating every array."""
+    p = Path(path)
+    arrays = read_npz_arrays(p)
     for need in ("train_images", "test_images"):
         if need not in arrays:
             raise DataError(f"Data file {str(p)!r} has no `{need}` array (found {sorted(arrays)}); expected the "
@@ -222,7 +237,8 @@ def _split_off(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, Im
         raise DataError(f"the train split has {n} images; too few to hold out a validation split.")
     perm = np.random.default_rng(seed).permutation(n)
     take = lambda idx: ImageSet(data.images[idx], None if data.labels is None else data.labels[idx],  # noqa: E731
-                                None if data.masks is None else data.masks[idx])
+                                None if data.masks is None else data.masks[idx],
+                                None if data.sites is None else data.sites[idx])
     return take(np.sort(perm[n_val:])), take(np.sort(perm[:n_val]))
 
 
@@ -239,14 +255,22 @@ def load_phantom_splits(cfg) -> tuple[dict[str, ImageSet], DataInfo]:
 
 
 def load_splits(cfg) -> tuple[dict[str, ImageSet], DataInfo]:
-    """The three splits named by `cfg.data.source` ("phantoms" or a .npz path)."""
+    """The three splits named by `cfg.data.source`: "phantoms", a store directory, an image folder or a .npz."""
+    from . import store_data  # imports this module
+
     src = cfg.data.source
+    if src != "phantoms" and Path(src).is_dir():
+        return store_data.load_dir_splits(cfg)
+    if cfg.data.sites is not None:
+        raise ConfigError(f"config field `data.sites`: got {cfg.data.sites}; only a store or an image folder has "
+                          f"sites, but `data.source` is {src!r}.")
     if src == "phantoms":
         return load_phantom_splits(cfg)
     if src.endswith(".npz") or Path(src).is_file():
         return load_npz(src, cfg.task, cfg.data.val_fraction, cfg.seed)
-    raise DataError(f"config field `data.source`: got {src!r}; expected 'phantoms' or a path to a MedMNIST-style "
-                    f".npz file (it does not exist).")
+    raise DataError(f"config field `data.source`: got {src!r}; expected 'phantoms', a store directory (made by "
+                    f"`gradprom data convert`), an image folder with a labels CSV, or a MedMNIST-style .npz file "
+                    f"(it does not exist).")
 
 
 def check_labels_fit(sets: dict[str, ImageSet], info: DataInfo, task: str) -> None:
@@ -260,12 +284,20 @@ def check_labels_fit(sets: dict[str, ImageSet], info: DataInfo, task: str) -> No
 
 
 def build_datasets(cfg) -> tuple[dict[str, EnhancementDataset], DataInfo, Degradation]:
-    """Datasets for the three splits, degraded as `cfg.data.degradation` says."""
+    """Datasets for the three splits, degraded as `cfg.data.degradation` says (a large store is streamed:
+    then they are `StreamingEnhancementDataset`s with the same items and the same `set_epoch`)."""
+    from . import store_data  # imports this module
+
     degradation = parse_degradation(cfg.data.degradation)
-    sets, info = load_splits(cfg)
-    check_labels_fit(sets, info, cfg.task)
+    streamed = store_data.streaming_datasets(cfg, degradation)
+    if streamed is not None:
+        datasets, info = streamed
+    else:
+        sets, info = load_splits(cfg)
+        check_labels_fit(sets, info, cfg.task)
+        datasets = {s: EnhancementDataset(sets[s], degradation, cfg.task, cfg.seed, s) for s in SPLITS}
     h, w = info.image_size
     if h % degradation.scale or w % degradation.scale:
         raise DataError(f"{info.source}: images of {h}x{w} cannot be down-sampled by {degradation.scale} "
                         f"(`data.degradation: {degradation}`); the side must be divisible by it.")
-    return ({s: EnhancementDataset(sets[s], degradation, cfg.task, cfg.seed, s) for s in SPLITS}, info, degradation)
+    return datasets, info, degradation

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -103,9 +103,11 @@ def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Te
             batch["y"].to(device, non_blocking=True))
 
 
-def train_loader(ds: EnhancementDataset, cfg: Config, epoch: int) -> DataLoader:
+def train_loader(ds: EnhancementDataset | IterableDataset, cfg: Config, epoch: int) -> DataLoader:
     """Shuffled loader of the training split; its order depends only on (seed, epoch)."""
     ds.set_epoch(epoch)
+    if isinstance(ds, IterableDataset):  # a streamed store shuffles itself (row groups + buffer), seeded likewise
+        return DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.loader_workers, drop_last=False)
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     return DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=True, generator=gen,
                       num_workers=cfg.data.loader_workers, drop_last=False)
@@ -246,8 +248,9 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
             if score > best:
                 best = score
                 save_checkpoint(run.best_checkpoint(), state)
-            save_samples(run.figures / "samples.png", samples["degraded"], samples["enhanced"], samples["clean"])
-            save_curves(run.figures / "curves.png", epoch_rows, metric)
+            if cfg.run.figures_every_epoch:
+                save_samples(run.figures / "samples.png", samples["degraded"], samples["enhanced"], samples["clean"])
+                save_curves(run.figures / "curves.png", epoch_rows, metric)
             log.info("epoch %d/%d  val psnr %.2f dB (input %.2f)  ssim %.3f  %s %.3f  gate-open %.2f  mean cos %+.3f",
                      epoch + 1, cfg.optim.epochs, val["psnr"], val["psnr_input"], val["ssim"], metric, val[metric],
                      gate_rate, gate["mean_cos"])
@@ -259,6 +262,7 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
         epoch_rows.append({"epoch": last_epoch, "split": "test", "step": global_step, **test})
         run.write_epochs(epoch_rows)
         save_samples(run.figures / "samples.png", samples["degraded"], samples["enhanced"], samples["clean"])
+        save_curves(run.figures / "curves.png", epoch_rows, metric)
         run.write_run(status="finished", end=now_iso(), test=test, nonfinite_steps=step.nonfinite_total,
                       steps=global_step)
         return run.path

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SEG_CLASSES = 3  # background, organ, lesion
+LESION_OFFSET = 0.02  # lesion brightness over its organ (its texture carries the class)
 TEXTURE_NAMES = ("homogeneous", "stripes", "checkerboard", "speckle")
 
 
@@ -84,7 +85,7 @@ def make_phantom(seed: int, index: int, size: int = 64, num_classes: int = 3, te
     lx = cx + rng.uniform(-0.4, 0.4) * max(rx - r, 0)
     lesion = _ellipse(yy, xx, ly, lx, r * rng.uniform(0.8, 1.2), r * rng.uniform(0.8, 1.2), rng.uniform(0, np.pi))
     base = img[lesion].mean() if lesion.any() else 0.5
-    img[lesion] = base + 0.02 + texture_contrast * _texture(label, yy, xx, rng)[lesion]
+    img[lesion] = base + LESION_OFFSET + texture_contrast * _texture(label, yy, xx, rng)[lesion]
     mask[lesion] = 2
     return np.clip(img, 0.0, 1.0).astype(np.float32), label, mask
 

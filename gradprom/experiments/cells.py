@@ -1,0 +1,128 @@
+"""Train one cell (reusing it when finished) and evaluate it per test image, with both judges."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from gradprom.platform.atomic import atomic_write_text
+from gradprom.platform.checkpoint import load_checkpoint
+from gradprom.platform.config import build_config
+from gradprom.platform.datasets import build_datasets
+from gradprom.platform.loop import build_models, train
+from gradprom.platform.metrics import auc, dice, psnr, ssim
+from gradprom.platform.rundir import RunDir, write_parquet
+
+from .frozen import load_frozen
+from .grid import Cell
+
+
+def cell_done(cell_dir: Path) -> bool:
+    """Finished and evaluated: the grid reuses it."""
+    return (cell_dir / "cell.json").is_file() and RunDir(cell_dir).read_run().get("status") == "finished"
+
+
+def run_cell(cell: Cell, raw_cfg: dict, cell_dir: Path, frozen: Path, device: torch.device) -> dict[str, Any]:
+    """Train (or resume) the cell, evaluate it and write cell.json + per_image.parquet; returns the summary."""
+    if cell_done(cell_dir):
+        return json.loads((cell_dir / "cell.json").read_text())
+    cfg = build_config(raw_cfg, source=f"experiment cell {cell.id}")
+    t0 = time.monotonic()
+    train(cfg, resume=RunDir(cell_dir).exists(), run_path=cell_dir, progress=False, kind="experiment")
+    seconds = time.monotonic() - t0
+    per_image, summary = evaluate_cell(cfg, cell_dir, frozen, device)
+    write_parquet(cell_dir / "per_image.parquet", per_image)
+    summary.update(cell=cell.id, task=cell.task, degradation=cell.degradation, strategy=cell.strategy,
+                   seed=cell.seed, seconds=seconds, **gate_stats(cell_dir))
+    atomic_write_text(cell_dir / "cell.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def gate_stats(cell_dir: Path) -> dict[str, float]:
+    """Over all training steps: gate-open rate, mean cosine and the share of steps with cos < 0."""
+    t = RunDir(cell_dir).read_steps()
+    if t is None:
+        return {"gate_open_rate": math.nan, "mean_cos": math.nan, "neg_cos_share": math.nan}
+    cos = np.asarray(t["cos"].to_pylist(), dtype=float)
+    gate = np.asarray(t["gate_open"].to_pylist(), dtype=float)
+    cos = cos[np.isfinite(cos)]
+    gate = gate[np.isfinite(gate)]
+    return {"gate_open_rate": float(gate.mean()) if gate.size else math.nan,
+            "mean_cos": float(cos.mean()) if cos.size else math.nan,
+            "neg_cos_share": float((cos < 0).mean()) if cos.size else math.nan}
+
+
+def _task_scores(out: torch.Tensor, y: torch.Tensor, task: str, k: int) -> torch.Tensor:
+    """Per image: 1/0 correct for classification, Dice for segmentation."""
+    if task == "classification":
+        return (out.argmax(1) == y).float()
+    return dice(out, y, k)
+
+
+@torch.no_grad()
+def evaluate_cell(cfg, cell_dir: Path, frozen: Path, device: torch.device):
+    """Per test image: PSNR, SSIM, the task score by the jointly trained R and by the frozen clean R."""
+    datasets, info, degradation = build_datasets(cfg)
+    plain = cfg.model_copy(update={"gradprom": cfg.gradprom.model_copy(update={"recognizer_checkpoint": None})})
+    models = build_models(plain, info, degradation.scale, device)
+    state = load_checkpoint(RunDir(cell_dir).latest_checkpoint(), map_location=device)
+    models.enhancer.load_state_dict(state["enhancer"])
+    models.recognizer.load_state_dict(state["recognizer"])
+    E, R = models.enhancer.eval(), models.recognizer.eval()
+    judge = load_frozen(frozen, cfg.model_dump(mode="json"), info, device)
+    k = info.num_outputs(cfg.task)
+    rows, probs_j, probs_f, labels = [], [], [], []
+    for batch in DataLoader(datasets["test"], batch_size=64, shuffle=False):
+        x_lq, x_hq, y = batch["x_lq"].to(device), batch["x_hq"].to(device), batch["y"].to(device)
+        x_hat = E(x_lq).float()
+        out_j, out_f = R(x_hat).float(), judge(x_hat).float()
+        cols = {"index": batch["index"].tolist(), "psnr": psnr(x_hat, x_hq).tolist(),
+                "ssim": ssim(x_hat, x_hq).tolist(),
+                "task_joint": _task_scores(out_j, y, cfg.task, k).tolist(),
+                "task_frozen": _task_scores(out_f, y, cfg.task, k).tolist()}
+        rows += [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+        if cfg.task == "classification":
+            probs_j.append(out_j.softmax(1).cpu()), probs_f.append(out_f.softmax(1).cpu()), labels.append(y.cpu())
+    summary = {m: float(np.nanmean([r[m] for r in rows])) for m in ("psnr", "ssim", "task_joint", "task_frozen")}
+    if cfg.task == "classification":
+        lab = torch.cat(labels)
+        summary["auc_joint"] = auc(torch.cat(probs_j), lab)
+        summary["auc_frozen"] = auc(torch.cat(probs_f), lab)
+    return rows, summary
+
+
+@torch.no_grad()
+def evaluate_references(raw_cfg: dict, frozen: Path, device: torch.device) -> list[dict[str, Any]]:
+    """The frozen recognizer on the degraded input (upsampled for SR) and on the clean images (the ceiling)."""
+    cfg = build_config(raw_cfg, source="experiment references")
+    datasets, info, _ = build_datasets(cfg)
+    judge = load_frozen(frozen, cfg.model_dump(mode="json"), info, device)
+    k = info.num_outputs(cfg.task)
+    acc: dict[str, dict[str, list]] = {"degraded input": {"psnr": [], "ssim": [], "task": []},
+                                       "clean": {"psnr": [], "ssim": [], "task": []}}
+    for batch in DataLoader(datasets["test"], batch_size=64, shuffle=False):
+        x_lq, x_hq, y = batch["x_lq"].to(device), batch["x_hq"].to(device), batch["y"].to(device)
+        x_in = x_lq if x_lq.shape == x_hq.shape else F.interpolate(x_lq, size=x_hq.shape[-2:], mode="bilinear",
+                                                                   align_corners=False)
+        for name, img in (("degraded input", x_in), ("clean", x_hq)):
+            acc[name]["psnr"] += psnr(img, x_hq).tolist() if name != "clean" else []
+            acc[name]["ssim"] += ssim(img, x_hq).tolist() if name != "clean" else []
+            acc[name]["task"] += _task_scores(judge(img).float(), y, cfg.task, k).tolist()
+    return [{"strategy": name, "psnr": float(np.mean(v["psnr"])) if v["psnr"] else math.nan,
+             "ssim": float(np.mean(v["ssim"])) if v["ssim"] else math.nan, "task_frozen": float(np.mean(v["task"]))}
+            for name, v in acc.items()]
+
+
+def read_per_image(cell_dir: Path) -> dict[str, np.ndarray]:
+    """per_image.parquet as arrays, ordered by test index."""
+    t = pq.read_table(cell_dir / "per_image.parquet").sort_by("index")
+    return {c: np.asarray(t[c].to_pylist(), dtype=float) for c in t.column_names}

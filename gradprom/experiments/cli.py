@@ -1,0 +1,60 @@
+"""`gradprom experiment`: run the evidence grid and write its report."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .grid import DEGRADATIONS, PRESETS, STRATEGIES, TASKS
+
+
+def register(sub) -> None:
+    """Add the `experiment` command to the main parser's sub-commands."""
+    p = sub.add_parser("experiment", help="run the strategy × task × degradation × seed grid and write a report",
+                       description="Does GradProm keep image quality while helping the task? Trains every cell "
+                                   "(reusing finished ones, so an interrupted grid continues), judges each with "
+                                   "its own recognizer and with one frozen clean recognizer, and writes "
+                                   "results.parquet and report/report.md.")
+    p.add_argument("--preset", default="quick", choices=list(PRESETS),
+                   help="quick: <= 30 min on 2 CPU cores (default); paper: full size, for a GPU")
+    p.add_argument("--data", default="phantoms", help="phantoms (default) or a dataset the engine reads (.npz)")
+    p.add_argument("--out", default="experiments/grid", help="output directory (default: experiments/grid)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: classification,segmentation")
+    p.add_argument("--degradations", default=",".join(DEGRADATIONS),
+                   help=f"comma-separated, from {', '.join(f'{k} ({v})' for k, v in DEGRADATIONS.items())}")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's, 3)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from finished cells")
+    p.set_defaults(func=cmd_experiment)
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from gradprom.platform.errors import DataError
+
+    from .grid import GridSpec
+    from .report import write_report
+    from .runner import run_grid
+
+    spec = GridSpec(preset=args.preset, strategies=_split(args.strategies), tasks=_split(args.tasks),
+                    degradations=_split(args.degradations), seeds=args.seeds, data=args.data, device=args.device)
+    spec.validate()
+    out = Path(args.out)
+    if args.report_only:
+        import pyarrow.parquet as pq
+
+        if not (out / "results.parquet").is_file():
+            raise DataError(f"--report-only: {str(out / 'results.parquet')!r} does not exist; run the grid first.")
+        rows = pq.read_table(out / "results.parquet").to_pylist()
+    else:
+        rows = run_grid(spec, out)
+    md = write_report(out, spec, rows, command="gradprom " + shlex.join(sys.argv[1:]))
+    print(f"report: {md}")
+    print(f"results: {out / 'results.parquet'}")
+    return 0
