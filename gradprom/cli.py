@@ -19,7 +19,8 @@ from typing import Any, Sequence
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "task": ("task", str, "classification | segmentation"),
     "seed": ("seed", int, "random seed of data, degradations and model init"),
-    "data": ("data.source", str, "'phantoms' (embedded default) or a MedMNIST-style .npz"),
+    "data": ("data.source", str, "'phantoms' (embedded default), a MedMNIST-style .npz, a store made by "
+             "`gradprom data convert`, or an image folder with labels.csv"),
     "degradation": ("data.degradation", str, "e.g. gaussian:sigma=0.1, lowdose, sr2, 'blur:sigma=1+gaussian:sigma=0.05'"),
     "batch_size": ("data.batch_size", int, "training batch size"),
     "strategy": ("gradprom.strategy", str, "gradprom | joint | enhance_only | cosine_weighted | pcgrad | torchjd:NAME"),

@@ -20,7 +20,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from gradprom.platform.atomic import atomic_path, atomic_write_text  # noqa: E402
+from gradprom.platform.atomic import atomic_write_text  # noqa: E402
+from gradprom.platform.figures import save_figure  # noqa: E402
 from gradprom.platform.checkpoint import load_checkpoint  # noqa: E402
 from gradprom.platform.config import build_config  # noqa: E402
 from gradprom.platform.datasets import build_datasets  # noqa: E402
@@ -193,9 +194,7 @@ def _gate_figure(figs: Path, runs: Path, spec: GridSpec, task: str, deg: str, se
     axes[1].legend(fontsize=7, loc="best")
     fig.suptitle(f"{task} · {deg} · seed {seed}", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -234,7 +233,5 @@ def _samples_figure(figs: Path, runs: Path, spec: GridSpec, task: str, deg: str,
         axes[i, 0].set_ylabel(label, fontsize=7)
     fig.suptitle(f"{task} · {deg} · seed {seed}", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

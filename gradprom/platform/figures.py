@@ -36,7 +36,7 @@ def save_samples(path: Path, degraded: np.ndarray, enhanced: np.ndarray, clean: 
             if i == 0 and titles:
                 ax.set_title(titles[j], fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_curves(path: Path, epoch_rows: list[dict[str, Any]], task_metric: str) -> None:
@@ -55,10 +55,11 @@ def save_curves(path: Path, epoch_rows: list[dict[str, Any]], task_metric: str) 
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and free it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
