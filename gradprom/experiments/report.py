@@ -31,7 +31,8 @@ from gradprom.platform.rundir import RunDir, versions  # noqa: E402
 from .grid import BASELINES, GRADPROM, PRESETS, GridSpec  # noqa: E402
 from .stats import paired  # noqa: E402
 
-QUALITY_MARGIN_DB = 0.1
+QUALITY_MARGIN_DB = 0.1  # PSNR differences smaller than this are not a loss or a conflict worth the name
+TASK_MARGIN = 0.01  # accuracy / Dice differences smaller than this are negligible, however small p is
 REFERENCES = ("degraded input", "clean")
 
 
@@ -143,12 +144,13 @@ def _conclude(task: str, deg: str, metric: str, tests: dict, conflict: dict) -> 
     where = f"**{task} · {deg}**"
     d = conflict["joint_minus_eo"]
     if np.isfinite(d):
-        if d < 0 and conflict["p"] < 0.05:
+        if d < -QUALITY_MARGIN_DB and conflict["p"] < 0.05:
             out.append(f"{where}: joint training lowers PSNR by {-d:.2f} dB against enhance-only (p {_p(conflict['p'])}); "
                        f"cos(g_e, g_r) < 0 on {conflict['neg_share']:.0%} of steps: the task does pull against quality here.")
         else:
-            out.append(f"{where}: joint training does not significantly lower PSNR against enhance-only "
-                       f"(Δ {d:+.2f} dB, p {_p(conflict['p'])}); there is little conflict for a gate to resolve here.")
+            out.append(f"{where}: joint training does not lower PSNR by more than {QUALITY_MARGIN_DB} dB against "
+                       f"enhance-only (Δ {d:+.2f} dB, p {_p(conflict['p'])}), although cos(g_e, g_r) < 0 on "
+                       f"{conflict['neg_share']:.0%} of steps: there is little quality conflict for a gate to resolve here.")
     eo = tests.get("enhance_only")
     if eo:
         dq, pq_ = eo["psnr"]["mean_diff"], eo["psnr"]["p"]
@@ -156,8 +158,12 @@ def _conclude(task: str, deg: str, metric: str, tests: dict, conflict: dict) -> 
         out.append(f"{where}: GradProm's PSNR is {dq:+.2f} dB against enhance-only (p {_p(pq_)}): it "
                    f"{'keeps' if keeps else 'does not keep'} enhance-only's image quality.")
         dt, pt = eo["task_frozen"]["mean_diff"], eo["task_frozen"]["p"]
-        verdict = "helps the task" if dt > 0 and pt < 0.05 else ("hurts the task" if dt < 0 and pt < 0.05
-                                                                   else "makes no significant difference to the task")
+        if pt >= 0.05:
+            verdict = "makes no significant difference to the task"
+        elif abs(dt) < TASK_MARGIN:
+            verdict = "makes a negligible difference to the task"
+        else:
+            verdict = "helps the task" if dt > 0 else "hurts the task"
         out.append(f"{where}: judged by the frozen clean recognizer, GradProm {verdict} against enhance-only "
                    f"(Δ {metric} {dt:+.3f}, p {_p(pt)}).")
     jt = tests.get("joint")
