@@ -37,6 +37,10 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "out": ("run.out", str, "runs directory (default: runs)"),
     "name": ("run.name", str, "run name (default: <strategy>-<task>-<time>)"),
     "device": ("run.device", str, "auto | cpu | cuda (bf16 autocast on cuda)"),
+    "workers": ("distributed.workers", int, "train on N Ray Train workers (0 = the local loop, the default)"),
+    "gpus_per_worker": ("distributed.gpus_per_worker", float, "GPUs per Ray Train worker (> 0: CUDA + NCCL)"),
+    "address": ("distributed.address", str, "join this Ray cluster ('auto' or HOST:PORT); default: start a "
+                "local Ray instance"),
 }
 
 
@@ -81,10 +85,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise DataError(f"--resume {str(run_dir)!r}: not a run directory (no config.yaml); pass the "
                             f"directory `gradprom train` wrote, e.g. runs/<name>.")
         cfg = resolve_config(args, base=load_config_file(run_dir / "config.yaml"))
-        path = train(cfg, resume=True, run_path=run_dir)
     else:
         cfg = resolve_config(args)
-        path = train(cfg)
+    if cfg.distributed.workers > 0:  # Ray Train; imported here so the local path never loads Ray
+        from gradprom.platform.ray_train import train_on_ray
+        path = train_on_ray(cfg, resume=bool(args.resume), run_path=args.resume)
+    else:
+        path = train(cfg, resume=bool(args.resume), run_path=args.resume)
     _print_run_summary(path)
     return 0
 

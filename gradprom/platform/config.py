@@ -1,6 +1,6 @@
 """The typed, validated run configuration shared by the CLI, Ray Train, Tune and Flower.
 
-One YAML file with five sections (data, model, gradprom, optim, run) plus `task` and `seed`. Every field
+One YAML file with six sections (data, model, gradprom, optim, run, distributed) plus `task` and `seed`. Every field
 has a default, so an override file lists only what changes. A bad value raises `ConfigError` naming the
 field, the value found and what is allowed.
 """
@@ -140,6 +140,29 @@ class RunConfig(_Section):
     figures_every_epoch: bool = True
 
 
+class DistributedConfig(_Section):
+    # Ray Train data-parallel workers; 0 = the local loop (no Ray). `gradprom train --workers N`
+    workers: int = Field(0, ge=0, le=4096)
+    gpus_per_worker: float = Field(0.0, ge=0.0)  # > 0: workers train on CUDA with NCCL; 0: CPU with gloo
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    # None = start a private local Ray instance; "auto" = join the cluster running on this machine;
+    # "HOST:PORT" (the head's GCS port, 6379 by default) = join that cluster
+    address: str | None = None
+    # local instance only: logical CPUs Ray may use (None = workers * cpus_per_worker + 1, one for Ray Data)
+    num_cpus: int | None = Field(None, ge=1)
+    # worker-group restarts from the latest checkpoint after a failure (-1 = retry forever)
+    max_failures: int = Field(0, ge=-1)
+    # Ray Train keeps this many checkpoints, the best by `checkpoint_metric` (latest.pt and best.pt always exist)
+    keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_metric: Literal["psnr", "ssim", "task", "loss_e", "loss_r", "gate_open_rate", "mean_cos"] = "psnr"
+    checkpoint_order: Literal["max", "min"] = "max"
+    # seconds to reach the cluster and to wait for it to offer the workers' resources, then a clear error
+    timeout_s: float = Field(60.0, gt=0.0)
+    # check that all workers took the same gate decisions and hold bit-identical weights: once per epoch
+    # (one small all-gather), after every step (tests, debugging), or never
+    sync_check: Literal["off", "epoch", "step"] = "epoch"
+
+
 class Config(_Section):
     task: Task = "classification"
     seed: int = 0
@@ -148,6 +171,7 @@ class Config(_Section):
     gradprom: GateConfig = Field(default_factory=GateConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @model_validator(mode="after")
     def _recognizer_fits_task(self) -> "Config":

@@ -153,6 +153,76 @@ def monitor_value(metrics: dict[str, float], cfg: Config) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# pieces shared with the Ray Train worker (ray_worker.py)
+class EpochStats:
+    """Sums of one epoch's step results -> the `train` row of epochs.parquet."""
+
+    def __init__(self) -> None:
+        self.sums = {"loss_e": 0.0, "loss_r": 0.0, "cos": 0.0, "gate_open": 0.0, "gated": 0, "done": 0, "skipped": 0}
+
+    def add(self, res) -> None:
+        """Count one StepResult."""
+        sums = self.sums
+        if res.skipped:
+            sums["skipped"] += 1
+            return
+        sums["done"] += 1
+        for k in ("loss_e", "loss_r", "cos"):
+            sums[k] += getattr(res, k)
+        if not math.isnan(res.gate_open):  # NaN: the strategy is not a gate (torchjd)
+            sums["gate_open"] += res.gate_open
+            sums["gated"] += 1
+
+    def gate(self) -> dict[str, float]:
+        """gate_open_rate, mean_cos and skipped_steps of the epoch."""
+        sums = self.sums
+        gate_rate = sums["gate_open"] / sums["gated"] if sums["gated"] else math.nan
+        return {"gate_open_rate": gate_rate, "mean_cos": sums["cos"] / max(sums["done"], 1),
+                "skipped_steps": sums["skipped"]}
+
+    def train_row(self, epoch: int, step: int) -> dict[str, Any]:
+        """The epoch's `train` row."""
+        d = max(self.sums["done"], 1)
+        return {"epoch": epoch, "split": "train", "step": step, "loss_e": self.sums["loss_e"] / d,
+                "loss_r": self.sums["loss_r"] / d, **self.gate()}
+
+
+def training_state(models: Models, cfg: Config, epoch: int, step: int, best: float,
+                   val: dict[str, float]) -> dict[str, Any]:
+    """The checkpoint dict: models, optimizers, progress and config (plain tensors and numbers only)."""
+    return {"enhancer": models.enhancer.state_dict(), "recognizer": models.recognizer.state_dict(),
+            "opt_e": models.opt_e.state_dict(), "opt_r": models.opt_r.state_dict() if models.opt_r is not None else {},
+            "epoch": epoch, "step": step, "best": best, "config": cfg.to_dict(), "metrics": val}
+
+
+def load_training_state(models: Models, state: dict[str, Any], run_path: Path, ckpt: Path) -> None:
+    """Load a checkpoint's models and optimizers; one that does not fit the config is a ConfigError."""
+    try:
+        models.enhancer.load_state_dict(state["enhancer"])
+        models.recognizer.load_state_dict(state["recognizer"])
+        models.opt_e.load_state_dict(state["opt_e"])
+        if models.opt_r is not None and state.get("opt_r"):
+            models.opt_r.load_state_dict(state["opt_r"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"--resume {str(run_path)!r}: its checkpoint {str(ckpt)!r} does not "
+                          f"fit the configuration given ({str(e).splitlines()[0][:200]}); a resumed run keeps "
+                          f"its task, data and models, so change only settings such as --epochs.") from None
+
+
+def finish_test(run: RunDir, models: Models, test_ds, cfg: Config, info: DataInfo, device: torch.device,
+                epoch_rows: list[dict[str, Any]], global_step: int) -> dict[str, float]:
+    """Test the final model: the `test` row of epochs.parquet and the final figures; returns the metrics."""
+    test, samples = evaluate_split(models, test_ds, cfg, info, device, sample_count=6)
+    last_epoch = max(cfg.optim.epochs - 1, 0)
+    epoch_rows[:] = [r for r in epoch_rows if r["split"] != "test"]
+    epoch_rows.append({"epoch": last_epoch, "split": "test", "step": global_step, **test})
+    run.write_epochs(epoch_rows)
+    save_samples(run.figures / "samples.png", samples["degraded"], samples["enhanced"], samples["clean"])
+    save_curves(run.figures / "curves.png", epoch_rows, task_metric_name(cfg.task))
+    return test
+
+
+# ---------------------------------------------------------------------------------------------------------
 # training
 def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = None, progress: bool = True,
           kind: str = "local") -> Path:
@@ -175,16 +245,7 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
     start_epoch, global_step, best, epoch_rows = 0, 0, -math.inf, []
     if resume and run.latest_checkpoint().is_file():
         state = load_checkpoint(run.latest_checkpoint(), map_location=device)
-        try:
-            models.enhancer.load_state_dict(state["enhancer"])
-            models.recognizer.load_state_dict(state["recognizer"])
-            models.opt_e.load_state_dict(state["opt_e"])
-            if models.opt_r is not None and state.get("opt_r"):
-                models.opt_r.load_state_dict(state["opt_r"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ConfigError(f"--resume {str(run.path)!r}: its checkpoint {str(run.latest_checkpoint())!r} does not "
-                              f"fit the configuration given ({str(e).splitlines()[0][:200]}); a resumed run keeps "
-                              f"its task, data and models, so change only settings such as --epochs.") from None
+        load_training_state(models, state, run.path, run.latest_checkpoint())
         start_epoch, global_step, best = state["epoch"] + 1, state["step"], state["best"]
         epoch_rows = [r for r in run.read_epochs() if r["epoch"] <= state["epoch"]]
         run.truncate_steps(global_step)
@@ -206,7 +267,7 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
             loader = train_loader(datasets["train"], cfg, epoch)
             n_steps = len(loader) if cfg.optim.max_steps_per_epoch is None else min(len(loader),
                                                                                     cfg.optim.max_steps_per_epoch)
-            sums = {"loss_e": 0.0, "loss_r": 0.0, "cos": 0.0, "gate_open": 0.0, "gated": 0, "done": 0, "skipped": 0}
+            stats = EpochStats()
             bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=None if progress else True,
                        leave=False, dynamic_ncols=True)
             for i, batch in enumerate(loader):
@@ -215,35 +276,21 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
                 res = step(*to_device(batch, device))
                 global_step += 1
                 writer.append({"step": global_step, "epoch": epoch, **res.row(), "time": time.monotonic() - t0})
-                if res.skipped:
-                    sums["skipped"] += 1
-                else:
-                    sums["done"] += 1
-                    for k in ("loss_e", "loss_r", "cos"):
-                        sums[k] += getattr(res, k)
-                    if not math.isnan(res.gate_open):  # NaN: the strategy is not a gate (torchjd)
-                        sums["gate_open"] += res.gate_open
-                        sums["gated"] += 1
+                stats.add(res)
                 bar.update(1)
                 bar.set_postfix(loss_e=f"{res.loss_e:.4f}", loss_r=f"{res.loss_r:.3f}", cos=f"{res.cos:+.2f}")
             bar.close()
             writer.flush()
-            d = max(sums["done"], 1)
-            gate_rate = sums["gate_open"] / sums["gated"] if sums["gated"] else math.nan
-            gate = {"gate_open_rate": gate_rate, "mean_cos": sums["cos"] / d, "skipped_steps": sums["skipped"]}
-            epoch_rows.append({"epoch": epoch, "split": "train", "step": global_step, "loss_e": sums["loss_e"] / d,
-                               "loss_r": sums["loss_r"] / d, **gate})
+            gate = stats.gate()
+            gate_rate = gate["gate_open_rate"]
+            epoch_rows.append(stats.train_row(epoch, global_step))
 
             # --- evaluate on val, checkpoint, figures ------------------------------------------------------
             val, samples = evaluate_split(models, datasets["val"], cfg, info, device, sample_count=6)
             epoch_rows.append({"epoch": epoch, "split": "val", "step": global_step, **val, **gate})
             run.write_epochs(epoch_rows)
             score = monitor_value(val, cfg)
-            state = {"enhancer": models.enhancer.state_dict(), "recognizer": models.recognizer.state_dict(),
-                     "opt_e": models.opt_e.state_dict(),
-                     "opt_r": models.opt_r.state_dict() if models.opt_r is not None else {},
-                     "epoch": epoch, "step": global_step, "best": max(best, score), "config": cfg.to_dict(),
-                     "metrics": val}
+            state = training_state(models, cfg, epoch, global_step, max(best, score), val)
             save_checkpoint(run.latest_checkpoint(), state)
             if score > best:
                 best = score
@@ -256,13 +303,7 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
                      gate_rate, gate["mean_cos"])
 
         # --- test the final model ---------------------------------------------------------------------------
-        test, samples = evaluate_split(models, datasets["test"], cfg, info, device, sample_count=6)
-        last_epoch = max(cfg.optim.epochs - 1, 0)
-        epoch_rows = [r for r in epoch_rows if r["split"] != "test"]
-        epoch_rows.append({"epoch": last_epoch, "split": "test", "step": global_step, **test})
-        run.write_epochs(epoch_rows)
-        save_samples(run.figures / "samples.png", samples["degraded"], samples["enhanced"], samples["clean"])
-        save_curves(run.figures / "curves.png", epoch_rows, metric)
+        test = finish_test(run, models, datasets["test"], cfg, info, device, epoch_rows, global_step)
         run.write_run(status="finished", end=now_iso(), test=test, nonfinite_steps=step.nonfinite_total,
                       steps=global_step)
         return run.path
