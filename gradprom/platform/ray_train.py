@@ -104,7 +104,7 @@ def _probe(address: str, timeout_s: float) -> None:
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"config field `distributed.address`: got {address!r}; expected 'auto', HOST:PORT "
-                          f"(the head's GCS port, e.g. 10.0.0.1:6379) or ray://HOST:PORT, or leave it out to "
+                          f"(the head's GCS port, e.g. HEAD_HOST:6379) or ray://HOST:PORT, or leave it out to "
                           f"start a local Ray instance.")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
