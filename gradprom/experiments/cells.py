@@ -33,9 +33,11 @@ def cell_done(cell_dir: Path) -> bool:
 
 def run_cell(cell: Cell, raw_cfg: dict, cell_dir: Path, frozen: Path, device: torch.device) -> dict[str, Any]:
     """Train (or resume) the cell, evaluate it and write cell.json + per_image.parquet; returns the summary."""
+    cfg = build_config(raw_cfg, source=f"experiment cell {cell.id}")
+    if RunDir(cell_dir).exists():
+        check_same_config(cell_dir, cfg)
     if cell_done(cell_dir):
         return json.loads((cell_dir / "cell.json").read_text())
-    cfg = build_config(raw_cfg, source=f"experiment cell {cell.id}")
     t0 = time.monotonic()
     train(cfg, resume=RunDir(cell_dir).exists(), run_path=cell_dir, progress=False, kind="experiment")
     seconds = time.monotonic() - t0
@@ -45,6 +47,25 @@ def run_cell(cell: Cell, raw_cfg: dict, cell_dir: Path, frozen: Path, device: to
                    seed=cell.seed, seconds=seconds, **gate_stats(cell_dir))
     atomic_write_text(cell_dir / "cell.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def check_same_config(cell_dir: Path, cfg) -> None:
+    """A cell directory is reused or resumed only for the very config it was run with."""
+    from gradprom.platform.config import load_config_file
+    from gradprom.platform.errors import ConfigError
+
+    # validated, so fields added since the cell ran take their defaults instead of counting as changes
+    old = build_config(load_config_file(cell_dir / "config.yaml"), source=str(cell_dir)).to_dict()
+    new = cfg.to_dict()
+    for d in (old, new):
+        d.get("run", {}).pop("name", None)
+    if old != new:
+        diff = sorted(f"{sec}.{k}" for sec in new if isinstance(new[sec], dict)
+                      for k in new[sec] if old.get(sec, {}).get(k) != new[sec][k])
+        diff += sorted(k for k in new if not isinstance(new[k], dict) and old.get(k) != new[k])
+        raise ConfigError(f"Experiment cell {str(cell_dir)!r} was run with a different configuration "
+                          f"({', '.join(diff)}); its results cannot be reused. Use a new --out, or delete that "
+                          f"cell's directory to run it again.")
 
 
 def gate_stats(cell_dir: Path) -> dict[str, float]:

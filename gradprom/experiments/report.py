@@ -66,6 +66,8 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
              f"- Preset **{spec.preset}**: images {p.image_size}² (phantoms), {p.num_train} train / {p.num_test} test "
              f"images, {p.epochs} epochs, batch {p.batch_size}, U-Net enhancer {list(p.enhancer_channels)}, "
              f"seeds {seeds}." if spec.data == "phantoms" else f"- Preset **{spec.preset}**, data `{spec.data}`, seeds {seeds}.",
+             f"- Loss weights, the same for every strategy of a cell: λ_e = 1, λ_r = "
+             f"{', '.join(f'{v:g} ({k})' for k, v in p.lambda_r if k in spec.tasks)}.",
              f"- Strategies: {', '.join(spec.strategies)}. Tasks: {', '.join(spec.tasks)}. "
              f"Degradations: {', '.join(spec.degradations)}.",
              "- Task scores: accuracy (classification) or Dice (segmentation) on enhanced test images, judged "

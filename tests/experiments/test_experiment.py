@@ -90,16 +90,17 @@ def test_frozen_recognizer_is_really_frozen(tmp_path):
 
 
 @pytest.mark.slow
-def test_phantoms_carry_a_conflict():
-    """At a small fixed budget (the quick preset's cell, classification, Gaussian noise, seed 0), joint training
-    lowers PSNR by more than 0.1 dB against enhance-only, and cos(g_e, g_r) < 0 on more than 30 % of steps."""
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_phantoms_carry_a_conflict(task):
+    """At a small fixed budget (the quick preset's cell, Gaussian noise, seed 0), joint training lowers PSNR by
+    more than 0.1 dB against enhance-only, and cos(g_e, g_r) < 0 on more than 30 % of steps."""
     from gradprom.experiments.cells import gate_stats
     from gradprom.platform.config import build_config
     from gradprom.platform.loop import train
     from gradprom.platform.rundir import RunDir
     import tempfile
 
-    spec = GridSpec(preset="quick", tasks=["classification"], degradations=["gaussian"], seeds=1)
+    spec = GridSpec(preset="quick", tasks=[task], degradations=["gaussian"], seeds=1)
     psnr, neg = {}, {}
     with tempfile.TemporaryDirectory() as d:
         for strategy in ("enhance_only", "joint"):
@@ -109,6 +110,26 @@ def test_phantoms_carry_a_conflict():
             neg[strategy] = gate_stats(path)["neg_cos_share"]
     assert psnr["joint"] < psnr["enhance_only"] - 0.1, psnr
     assert neg["enhance_only"] > 0.3 and neg["joint"] > 0.3, neg
+
+
+@pytest.mark.slow
+def test_a_cell_run_with_another_config_is_not_reused(tmp_path):
+    spec = GridSpec(preset="micro", strategies=["gradprom"], tasks=["classification"], degradations=["gaussian"],
+                    seeds=1)
+    run_grid(spec, tmp_path, progress=False)
+    changed = GridSpec(preset="micro", strategies=["gradprom"], tasks=["classification"], degradations=["gaussian"],
+                       seeds=1, device="cpu")
+    import dataclasses
+    from gradprom.experiments import grid as grid_mod
+    from gradprom.platform.errors import ConfigError
+
+    original = grid_mod.PRESETS["micro"]
+    grid_mod.PRESETS["micro"] = dataclasses.replace(original, epochs=original.epochs + 1)
+    try:
+        with pytest.raises(ConfigError, match=r"different configuration \(optim.epochs"):
+            run_grid(changed, tmp_path, progress=False)
+    finally:
+        grid_mod.PRESETS["micro"] = original
 
 
 def test_bad_grid_names_are_clear_errors(capsys):
