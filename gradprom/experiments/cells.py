@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from gradprom.platform.atomic import atomic_write_text
-from gradprom.platform.checkpoint import load_checkpoint
 from gradprom.platform.config import build_config
 from gradprom.platform.datasets import build_datasets
-from gradprom.platform.loop import build_models, train
+from gradprom.platform.loop import load_trained_models, train
 from gradprom.platform.metrics import auc, dice, psnr, ssim
 from gradprom.platform.rundir import RunDir, write_parquet
 
@@ -93,11 +92,7 @@ def _task_scores(out: torch.Tensor, y: torch.Tensor, task: str, k: int) -> torch
 def evaluate_cell(cfg, cell_dir: Path, frozen: Path, device: torch.device):
     """Per test image: PSNR, SSIM, the task score by the jointly trained R and by the frozen clean R."""
     datasets, info, degradation = build_datasets(cfg)
-    plain = cfg.model_copy(update={"gradprom": cfg.gradprom.model_copy(update={"recognizer_checkpoint": None})})
-    models = build_models(plain, info, degradation.scale, device)
-    state = load_checkpoint(RunDir(cell_dir).latest_checkpoint(), map_location=device)
-    models.enhancer.load_state_dict(state["enhancer"])
-    models.recognizer.load_state_dict(state["recognizer"])
+    models = load_trained_models(cfg, info, degradation.scale, RunDir(cell_dir).latest_checkpoint(), device)
     E, R = models.enhancer.eval(), models.recognizer.eval()
     judge = load_frozen(frozen, cfg.model_dump(mode="json"), info, device)
     k = info.num_outputs(cfg.task)

@@ -22,10 +22,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from gradprom.platform.atomic import atomic_write_text  # noqa: E402
 from gradprom.platform.figures import save_figure  # noqa: E402
-from gradprom.platform.checkpoint import load_checkpoint  # noqa: E402
 from gradprom.platform.config import build_config  # noqa: E402
 from gradprom.platform.datasets import build_datasets  # noqa: E402
-from gradprom.platform.loop import build_models, resolve_device  # noqa: E402
+from gradprom.platform.loop import load_trained_models, resolve_device  # noqa: E402
 from gradprom.platform.rundir import RunDir, versions  # noqa: E402
 
 from .grid import BASELINES, GRADPROM, PRESETS, GridSpec  # noqa: E402
@@ -226,9 +225,7 @@ def _samples_figure(figs: Path, runs: Path, spec: GridSpec, task: str, deg: str,
     for s in names:
         d = runs / f"{task}-{deg}-{s}-s{seed}"
         c = build_config(load_config_file(d / "config.yaml"), source=str(d))
-        c = c.model_copy(update={"gradprom": c.gradprom.model_copy(update={"recognizer_checkpoint": None})})
-        m = build_models(c, info, degradation.scale, device)
-        m.enhancer.load_state_dict(load_checkpoint(d / "checkpoints" / "latest.pt")["enhancer"])
+        m = load_trained_models(c, info, degradation.scale, RunDir(d).latest_checkpoint(), device)
         rows.append((s, m.enhancer.eval()(x_lq)))
     rows.append(("clean", x_hq))
     fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.6 * len(rows)), squeeze=False)

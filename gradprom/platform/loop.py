@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, build_config, load_config_file, save_config
 from .datasets import DataInfo, EnhancementDataset, build_datasets
-from .errors import ConfigError, DataError, GradPromError
+from .errors import ConfigError, DataError
 from .figures import save_curves, save_samples
+from .losses import enhancement_loss, recognition_loss
 from .metrics import EvalAccumulator, task_metric_name
 from .models import build_enhancer, build_recognizer
 from .rundir import RunDir, StepWriter, now_iso, versions
@@ -126,7 +127,6 @@ def evaluate_split(models: Models, ds: EnhancementDataset, cfg: Config, info: Da
                         num_workers=cfg.data.loader_workers)
     autocast = device.type == "cuda"
     samples = None
-    from .losses import enhancement_loss, recognition_loss
     enh_loss, rec_loss = enhancement_loss(cfg.gradprom.enhancement_loss), recognition_loss(cfg.task)
     for batch in loader:
         x_lq, x_hq, y = to_device(batch, device)
@@ -319,6 +319,23 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
 
 # ---------------------------------------------------------------------------------------------------------
 # evaluation of a finished run
+def load_trained_models(cfg: Config, info: DataInfo, scale: int, checkpoint: Path,
+                        device: torch.device) -> Models:
+    """E and R with a run's checkpoint weights (the checkpoint holds R, so the recognizer the run may have
+    started from is not loaded); a checkpoint that does not fit the data is a DataError."""
+    plain = cfg.model_copy(update={"gradprom": cfg.gradprom.model_copy(update={"recognizer_checkpoint": None})})
+    models = build_models(plain, info, scale, device)
+    state = load_checkpoint(checkpoint, map_location=device)
+    try:
+        models.enhancer.load_state_dict(state["enhancer"])
+        models.recognizer.load_state_dict(state["recognizer"])
+    except RuntimeError as e:
+        raise DataError(f"Checkpoint {str(checkpoint)!r} does not fit the data {cfg.data.source!r} "
+                        f"({str(e).splitlines()[0][:200]}); evaluate on data with the run's channels and classes."
+                        ) from None
+    return models
+
+
 def evaluate_run(run_path: str | Path, checkpoint: str = "best", split: str = "test",
                  data: str | None = None, device: str = "auto") -> dict[str, float]:
     """Evaluate a run's checkpoint on a split (optionally of other data with the same shape and classes)."""
@@ -333,16 +350,6 @@ def evaluate_run(run_path: str | Path, checkpoint: str = "best", split: str = "t
     ckpt = {"best": run.best_checkpoint(), "latest": run.latest_checkpoint()}.get(checkpoint, Path(checkpoint))
     dev = resolve_device(device)
     datasets, info, degradation = build_datasets(cfg)
-    # the run's own checkpoint holds R, so do not load the recognizer it may have started from
-    cfg_eval = cfg.model_copy(update={"gradprom": cfg.gradprom.model_copy(update={"recognizer_checkpoint": None})})
-    models = build_models(cfg_eval, info, degradation.scale, dev)
-    state = load_checkpoint(ckpt, map_location=dev)
-    try:
-        models.enhancer.load_state_dict(state["enhancer"])
-        models.recognizer.load_state_dict(state["recognizer"])
-    except RuntimeError as e:
-        raise DataError(f"Checkpoint {str(ckpt)!r} does not fit the data {cfg.data.source!r} "
-                        f"({str(e).splitlines()[0][:200]}); evaluate on data with the run's channels and classes."
-                        ) from None
+    models = load_trained_models(cfg, info, degradation.scale, ckpt, dev)
     metrics, _ = evaluate_split(models, datasets[split], cfg, info, dev)
     return metrics

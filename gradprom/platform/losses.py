@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, SSIMLoss
 from torch import Tensor
