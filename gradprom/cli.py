@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_demo)
 
-    for module in ("gradprom.data_cli", "gradprom.experiments.cli"):  # each adds its own sub-commands
+    for module in ("gradprom.data_cli", "gradprom.experiments.cli", "gradprom.federated.cli", "gradprom.tuning.cli",
+                   "gradprom.dashboard.cli"):  # each adds its own sub-commands
         try:
             register = __import__(module, fromlist=["register"]).register
         except ImportError as e:
