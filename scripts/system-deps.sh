@@ -13,7 +13,7 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages for the end-to-end tests: ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 else
   echo "the end-to-end tests need these system packages: ${need[*]} (Debian/Ubuntu: sudo apt-get install ${need[*]})" >&2
   exit 1
