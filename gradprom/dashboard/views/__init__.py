@@ -1,0 +1,1 @@
+"""One module per page: runs (the table of every run), run, tuning, federation and ray."""
