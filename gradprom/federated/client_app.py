@@ -1,0 +1,114 @@
+"""The hospital's ClientApp: Flower glue around task.py. Only weights and metrics leave the site.
+
+`make_client_app(raw)` builds one for a simulation (the config travels in the closure, because
+`run_simulation` gives an empty run config); the module-level `app` serves `flwr run .` and real SuperNodes,
+reading the config from `context.run_config` and the site from `context.node_config` (`partition-id`,
+optional `data-path`: the hospital's own .npz).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from gradprom.platform.errors import GradPromError
+
+from .config import FedConfig, build_federation, from_run_config
+from .partition import load_dataset, load_site, site_name
+from .strategy import from_record, to_record
+from .task import GATE_KEYS, evaluate_arrays, site_datasets, train_site
+
+log = logging.getLogger(__name__)
+
+
+def _site(context: Context) -> tuple[int, str | None]:
+    nc = context.node_config
+    path = nc.get("data-path")
+    return int(nc["partition-id"]), (str(path) if path else None)
+
+
+def _config(raw: dict[str, Any] | None, context: Context) -> dict[str, Any]:
+    """The fixed config (simulation), or the run config's, with `hospitals` from the node config if unset."""
+    if raw is not None:
+        return raw
+    out = from_run_config(dict(context.run_config))
+    fed = out.setdefault("federated", {})
+    if "hospitals" not in fed and "num-partitions" in context.node_config:
+        fed["hospitals"] = int(context.node_config["num-partitions"])
+    return out
+
+
+def _inject_fault(fed: FedConfig, k: int, rnd: int) -> str | None:
+    """Fault injection (tests, drills): crash, hang past the round timeout, or return NaN weights."""
+    for f in fed.faults:
+        if f.site == k and f.round == rnd:
+            if f.kind == "crash":
+                raise RuntimeError(f"injected crash (federated.faults) in round {rnd}")
+            if f.kind == "hang":
+                time.sleep(fed.round_timeout_s + 5)
+            return f.kind
+    return None
+
+
+def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message:
+    """Train locally from the global weights; reply with the new weights and the site's metrics."""
+    torch.set_num_threads(1)
+    k, data_path = _site(context)
+    try:
+        cfg, fed = build_federation(raw, source="federation config")
+        conf = msg.content["config"]
+        rnd = int(conf["server-round"]) + int(conf.get("round-offset", 0))
+        fault = _inject_fault(fed, k, rnd)
+        site = load_site(cfg, fed, k, data_path)
+        _, info = load_dataset(cfg)
+        res = train_site(cfg, fed, info, site, from_record(msg.content["arrays"]), rnd,
+                         proximal_mu=float(conf.get("proximal-mu", 0.0)))
+    except GradPromError as e:
+        raise RuntimeError(f"{site_name(k)}: {e}") from None
+    except Exception as e:
+        raise RuntimeError(f"{site_name(k)}: {type(e).__name__}: {e}") from e
+    arrays = res.arrays
+    if fault == "nan":
+        arrays = {n: a * float("nan") if a.dtype.kind == "f" else a for n, a in arrays.items()}
+    if fed.gate_level == "server":
+        arrays = {**arrays, GATE_KEYS[0]: res.sum_ge, GATE_KEYS[1]: res.sum_gr}
+    return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(res.metrics)}), reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context, raw: dict[str, Any]) -> Message:
+    """Evaluate the global weights on the site's own validation split."""
+    torch.set_num_threads(1)
+    k, data_path = _site(context)
+    try:
+        cfg, fed = build_federation(raw, source="federation config")
+        site = load_site(cfg, fed, k, data_path)
+        _, info = load_dataset(cfg)
+        _, val_ds = site_datasets(cfg, site, k)
+        metrics = evaluate_arrays(cfg, info, from_record(msg.content["arrays"]), val_ds)
+    except GradPromError as e:
+        raise RuntimeError(f"{site_name(k)}: {e}") from None
+    reply = {"num-examples": len(site.val), "site": k, **metrics}
+    return Message(RecordDict({"metrics": MetricRecord({n: float(v) for n, v in reply.items()})}), reply_to=msg)
+
+
+def make_client_app(raw: dict[str, Any] | None = None) -> ClientApp:
+    """A ClientApp with the federation's config fixed (simulation) or read from the run config (None)."""
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        return handle_train(msg, context, _config(raw, context))
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return handle_evaluate(msg, context, _config(raw, context))
+
+    return client
+
+
+app = make_client_app()

@@ -1,0 +1,161 @@
+"""The federation's own settings, beside the engine's Config.
+
+A federation's config.yaml is the engine's config plus one `federated:` section, so the same file drives the
+engine's step on every site and re-runs (or resumes) the federation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gradprom.platform.atomic import atomic_write_text
+from gradprom.platform.config import Config, build_config, _format_validation_error
+from gradprom.platform.errors import ConfigError
+
+FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+
+
+class SiteOverride(BaseModel):
+    """Per-site changes to the run config (keyed by the site's index in `federated.sites`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    tau: float | None = Field(None, ge=-1.0, le=1.0)  # this site's gate threshold
+    strategy: str | None = None  # this site's engine strategy (gradprom, enhance_only, joint, ...)
+    degradation: str | None = None  # this site's scanner/dose (overrides the noise ramp)
+    # this site's own data: a MedMNIST-style .npz with train_* and val_* arrays (replaces its partition)
+    data: str | None = None
+
+
+class Fault(BaseModel):
+    """Fault injection for tests and drills: `site` misbehaves in `round` (never set in real runs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    site: int = Field(ge=0)
+    round: int = Field(ge=1)
+    # crash: the ClientApp raises; hang: it sleeps past `round_timeout_s`; nan: it returns NaN weights
+    kind: Literal["crash", "hang", "nan"] = "crash"
+
+
+class FedConfig(BaseModel):
+    """Hospitals, rounds, aggregation and faults of one federation."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # --- hospitals -------------------------------------------------------------------------------------
+    hospitals: int = Field(4, ge=1, le=256)
+    # case mix: label shares of each site ~ Dirichlet(alpha); large alpha = IID, small = skewed
+    dirichlet_alpha: float = Field(1.0, gt=0.0)
+    # size: site k gets a share proportional to (1 + size_skew)^-k of the images (0 = equal sizes)
+    size_skew: float = Field(0.5, ge=0.0, le=10.0)
+    # scanner/dose: site k's input is `gaussian:sigma=s_k` with s_k spread evenly over [noise_min, noise_max]
+    # (None: every site uses `data.degradation`); `sites.<k>.degradation` overrides one site
+    noise_min: float | None = Field(0.05, ge=0.0)
+    noise_max: float | None = Field(0.2, ge=0.0)
+    # share of each site's images kept for its own validation
+    site_val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # a store with a `site` column: one hospital per stored site instead of a synthetic split
+    use_store_sites: bool = False
+    sites: dict[int, SiteOverride] = Field(default_factory=dict)
+    # --- rounds and local work --------------------------------------------------------------------------
+    rounds: int = Field(3, ge=1)
+    local_steps: int = Field(4, ge=1)  # GradProm steps per site per round
+    # local gating (each site's own gate, the default) or `server`: the server gates the aggregated pair
+    gate_level: Literal["local", "server"] = "local"
+    # --- aggregation (Flower's strategies) -------------------------------------------------------------
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0.0)  # fedprox: weight of (mu/2)|w - w_global|^2 in the local step
+    server_lr: float = Field(0.01, gt=0.0)  # fedadam/fedyogi: eta
+    server_tau: float = Field(1e-3, gt=0.0)  # fedadam/fedyogi: adaptivity (tau)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    # a round completes when at least this many sites answered (None = all hospitals for the first
+    # round's sampling, then whoever answers); Flower also waits for this many connected sites
+    min_nodes: int | None = Field(None, ge=1)
+    round_timeout_s: float = Field(600.0, gt=0.0)
+    # --- runtime -----------------------------------------------------------------------------------------
+    cpus_per_client: float = Field(1.0, gt=0.0)  # simulation: Ray CPUs per ClientApp
+    num_cpus: int | None = Field(None, ge=1)  # simulation: CPUs of the private Ray instance (None = all)
+    # debugging and tests: keep each site's returned weights per round under <run>/updates/
+    record_updates: bool = False
+    faults: list[Fault] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FedConfig":
+        if (self.noise_min is None) != (self.noise_max is None):
+            raise ValueError("`federated.noise_min` and `federated.noise_max` go together (both set or both null)")
+        if self.noise_min is not None and self.noise_min > self.noise_max:
+            raise ValueError(f"`federated.noise_min` ({self.noise_min}) must not exceed `noise_max` ({self.noise_max})")
+        for k in self.sites:
+            if not 0 <= k < self.hospitals:
+                raise ValueError(f"`federated.sites` names site {k}, but there are {self.hospitals} hospitals "
+                                 f"(0..{self.hospitals - 1})")
+        for f in self.faults:
+            if f.site >= self.hospitals:
+                raise ValueError(f"`federated.faults` names site {f.site}, but there are {self.hospitals} hospitals")
+        if self.min_nodes is not None and self.min_nodes > self.hospitals:
+            raise ValueError(f"`federated.min_nodes` ({self.min_nodes}) exceeds `hospitals` ({self.hospitals})")
+        return self
+
+    @property
+    def min_answers(self) -> int:
+        """Sites a round needs (defaults to all hospitals)."""
+        return self.min_nodes or self.hospitals
+
+
+def build_federation(data: dict[str, Any] | None = None, source: str = "defaults") -> tuple[Config, FedConfig]:
+    """Split a nested dict into the engine Config and the FedConfig, validating both (ConfigError on mistakes)."""
+    raw = dict(data or {})
+    fed_raw = raw.pop("federated", None) or {}
+    if not isinstance(fed_raw, dict):
+        raise ConfigError(f"Invalid configuration ({source}): `federated` must be a mapping of fields.")
+    cfg = build_config(raw, source=source)
+    try:
+        fed = FedConfig.model_validate(fed_raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source).replace("config field `", "config field `federated.")
+                          ) from None
+    for k, s in fed.sites.items():
+        if s.strategy is not None:
+            try:
+                build_config({**raw, "gradprom": {**raw.get("gradprom", {}), "strategy": s.strategy}}, source=source)
+            except ConfigError as e:
+                raise ConfigError(f"federated.sites.{k}.strategy: {e}") from None
+    return cfg, fed
+
+
+def federation_dict(cfg: Config, fed: FedConfig) -> dict[str, Any]:
+    """The nested dict of both parts (what config.yaml holds)."""
+    return {**cfg.to_dict(), "federated": fed.model_dump(mode="json")}
+
+
+def save_federation(cfg: Config, fed: FedConfig, path: str | os.PathLike) -> None:
+    """Write config.yaml (engine config + `federated:`) atomically."""
+    atomic_write_text(Path(path), yaml.safe_dump(federation_dict(cfg, fed), sort_keys=False))
+
+
+def from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The nested config dict from Flower's run config (`[tool.flwr.app.config]` / `flwr run --run-config`).
+
+    Keys: `config` (a YAML file, "" = defaults), `set` ("field=value; field=value", any dotted field, e.g.
+    "federated.rounds=2; data.num_train=64"), and the shortcuts `out`, `name`, `rounds`, `local-steps`,
+    `strategy`, `gate-level`, `hospitals` (0 = take `num-partitions` from the SuperNodes' node config).
+    """
+    from gradprom.platform.config import dotted_override, load_config_file, merge, parse_set_option
+
+    raw: dict[str, Any] = {}
+    if run_config.get("config"):
+        raw = load_config_file(str(run_config["config"]))
+    for part in str(run_config.get("set", "") or "").split(";"):
+        if part.strip():
+            raw = merge(raw, parse_set_option(part.strip()))
+    shortcuts = {"out": "run.out", "name": "run.name", "rounds": "federated.rounds",
+                 "local-steps": "federated.local_steps", "strategy": "federated.strategy",
+                 "gate-level": "federated.gate_level", "hospitals": "federated.hospitals"}
+    for key, field in shortcuts.items():
+        v = run_config.get(key)
+        if v not in (None, "", 0):
+            raw = merge(raw, dotted_override(field, v))
+    return raw

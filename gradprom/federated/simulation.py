@@ -1,0 +1,47 @@
+"""`gradprom federate`: the federation as a Flower simulation on this machine (Ray backend).
+
+`run_simulation` gives the apps an empty run config, so the resolved config travels in the app closures.
+Ray is always a private local instance (`address: local`), never a cluster another process started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from gradprom.platform.errors import TrainingError
+from gradprom.platform.rundir import RunDir
+
+from .config import build_federation
+
+log = logging.getLogger(__name__)
+
+
+def simulate(raw: dict[str, Any], run_path: str | Path | None = None, resume: bool = False) -> Path:
+    """Run (or resume) the federation in a Flower simulation; returns the run directory."""
+    # imported here: the CLI must not load flwr/ray at `gradprom --help`
+    from flwr.simulation import run_simulation
+
+    from .client_app import make_client_app
+    from .server_app import make_server_app, run_path_for
+
+    cfg, fed = build_federation(raw, source="federation config")
+    path = Path(run_path) if run_path else run_path_for(raw)
+    # ClientApps run in Ray actors: one torch thread each, so N actors share the cores without oversubscribing
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    num_cpus = fed.num_cpus or max(1, min(os.cpu_count() or 1, int(fed.hospitals * fed.cpus_per_client)))
+    backend = {"client_resources": {"num_cpus": fed.cpus_per_client, "num_gpus": 0.0},
+               "init_args": {"address": "local", "num_cpus": num_cpus, "include_dashboard": False,
+                             "log_to_driver": False}}
+    log.info("federation %s: %d hospitals, %d rounds, %s, gate level %s (Flower simulation, %d CPUs)", path,
+             fed.hospitals, fed.rounds, fed.strategy, fed.gate_level, num_cpus)
+    raw = {**raw, "run": {**raw.get("run", {}), "name": path.name, "out": str(path.parent)}}
+    run_simulation(server_app=make_server_app(raw, path, resume), client_app=make_client_app(raw),
+                   num_supernodes=fed.hospitals, backend_name="ray", backend_config=backend)
+    info = RunDir(path).read_run()
+    if info.get("status") != "finished":
+        err = info.get("error") or "the ServerApp stopped before writing its run directory (see the log above)"
+        raise TrainingError(f"Federation {str(path)!r} did not finish: {err}")
+    return path

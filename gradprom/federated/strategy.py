@@ -1,0 +1,142 @@
+"""Flower's own strategies, chosen by name, wrapped only to see each round's replies.
+
+The wrapper records every reply in the rounds table, drops replies with non-finite weights before the
+strategy aggregates (they are `rejected`, never averaged in), takes the server gate's pair out of the replies
+(`gate_level: server`), and then calls the shipped strategy's own `aggregate_train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+
+from .partition import site_name
+from .records import RoundsRecorder
+from .task import GATE_KEYS, all_finite
+
+log = logging.getLogger(__name__)
+BASES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
+_SITE_IN_REASON = re.compile(r"hospital-(\d+)")
+
+
+def reason_text(reason: str | None) -> str:
+    """Flower's error reason "<class 'X'>:<'message'>" as a readable one-liner."""
+    text = reason or "unknown error"
+    m = re.match(r"<class '([^']+)'>:<'(.*)'>$", text, flags=re.S)
+    if m:
+        text = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    return " ".join(text.split())[:2000]
+
+
+class RecordingMixin:
+    """Mixed in before a Flower strategy: records replies, rejects non-finite ones, extracts the gate pair."""
+
+    recorder: RoundsRecorder
+    round_offset: int
+    server_gate: Callable[[int, ArrayRecord, list[tuple[np.ndarray, np.ndarray]], list[float]], ArrayRecord] | None
+
+    def setup_recording(self, recorder: RoundsRecorder, round_offset: int = 0, server_gate=None) -> None:
+        """Attach the recorder (and the server gate, for `gate_level: server`)."""
+        self.recorder, self.round_offset, self.server_gate = recorder, round_offset, server_gate
+        self.node_sites: dict[int, str] = {}
+        self.sampled: dict[int, list[int]] = {}
+        self.round_start: dict[int, ArrayRecord] = {}
+        self.last_gate: tuple[float | None, float | None] = (None, None)
+
+    def _site_of(self, msg: Message) -> str:
+        node = msg.metadata.src_node_id
+        if not msg.has_error():
+            m = next(iter(msg.content.metric_records.values()))
+            self.node_sites[node] = site_name(int(m["site"]))
+        elif node not in self.node_sites:
+            found = _SITE_IN_REASON.search(msg.error.reason or "")
+            if found:
+                return site_name(int(found.group(1)))
+        return self.node_sites.get(node, f"node-{node}")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        msgs = list(super().configure_train(server_round, arrays, config, grid))
+        self.sampled[server_round] = [m.metadata.dst_node_id for m in msgs]
+        self.round_start[server_round] = arrays
+        return msgs
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        rnd = server_round + self.round_offset
+        replies = list(replies)
+        keep, pairs, weights = [], [], []
+        answered = set()
+        for msg in replies:
+            answered.add(msg.metadata.src_node_id)
+            site = self._site_of(msg)
+            if msg.has_error():
+                self.recorder.site_row(rnd, site, "failed", reason_text(msg.error.reason))
+                log.warning("round %d: %s failed: %s", rnd, site, reason_text(msg.error.reason))
+                continue
+            rec: ArrayRecord = msg.content["arrays"]
+            metrics = dict(next(iter(msg.content.metric_records.values())))
+            arrays = {k: a.numpy() for k, a in rec.items()}
+            if not all_finite(arrays):
+                self.recorder.site_row(rnd, site, "rejected", "non-finite weights (NaN/Inf); not averaged in",
+                                       metrics)
+                log.warning("round %d: %s sent non-finite weights; rejected", rnd, site)
+                continue
+            if GATE_KEYS[0] in rec:  # the server gate's pair travels beside the weights, never aggregated as weights
+                pairs.append((arrays[GATE_KEYS[0]], arrays[GATE_KEYS[1]]))
+                weights.append(float(metrics["num-examples"]))
+                for k in GATE_KEYS:
+                    del rec[k]
+            self.recorder.site_row(rnd, site, "ok", None, metrics)
+            keep.append(msg)
+        for node in self.sampled.get(server_round, []):
+            if node not in answered:  # replies that miss the round's timeout never arrive
+                site = self.node_sites.get(node, f"node-{node}")
+                self.recorder.site_row(rnd, site, "failed", "no reply within the round timeout")
+                log.warning("round %d: %s did not answer in time", rnd, site)
+        arrays, metrics = super().aggregate_train(server_round, keep)
+        self.last_gate = (None, None)
+        if arrays is not None and self.server_gate is not None and pairs:
+            arrays = self.server_gate(rnd, self.round_start[server_round], arrays, pairs, weights)
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        rnd = server_round + self.round_offset
+        replies = list(replies)
+        for msg in replies:
+            if not msg.has_error():
+                self.recorder.site_eval(rnd, self._site_of(msg), dict(next(iter(msg.content.metric_records.values()))))
+        return super().aggregate_evaluate(server_round, replies)
+
+
+def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fraction_train: float = 1.0,
+                   round_offset: int = 0, server_gate=None, **params: Any):
+    """The Flower strategy `name` (fedavg | fedprox | fedadam | fedyogi), recording into `recorder`."""
+    base = BASES[name]
+    cls = type(f"Recorded{base.__name__}", (RecordingMixin, base), {})
+    kwargs = dict(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=min_nodes,
+                  min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
+    if name == "fedprox":
+        kwargs["proximal_mu"] = params["proximal_mu"]
+    elif name in ("fedadam", "fedyogi"):
+        kwargs.update(eta=params["eta"], eta_l=params["eta_l"], tau=params["tau"])
+    strategy = cls(**kwargs)
+    strategy.setup_recording(recorder, round_offset, server_gate)
+    return strategy
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """A flat array dict as a Flower ArrayRecord."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """A Flower ArrayRecord as a flat array dict."""
+    return {k: a.numpy() for k, a in record.items()}
