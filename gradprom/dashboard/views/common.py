@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from dash import dcc, html
 
 TASK_METRICS = ("accuracy", "auc", "dice")
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 DIGITS = 4  # every number on the page is rounded to this many decimals (the browser tests compare this)
 
 

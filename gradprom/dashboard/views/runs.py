@@ -12,7 +12,7 @@ from dash.exceptions import PreventUpdate
 from plotly.subplots import make_subplots
 
 from ..discover import Run, find_runs, read_table, signature
-from .common import data_table, duration, graph, href, message_figure, notice, notice_box, num, task_metrics
+from .common import PALETTE, data_table, duration, graph, href, message_figure, notice, notice_box, num, task_metrics
 
 COLUMNS = ["name", "kind", "status", "task", "strategy", "tau", "lambda_e", "lambda_r", "data", "best_psnr",
            "best_ssim", "task_metric", "best_task", "start", "length"]
@@ -118,13 +118,10 @@ def compare_figure(root: Path, run_ids: list[str]) -> go.Figure:
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
                                      name=f"{rid} {key}" if col == 3 else rid, legendgroup=rid,
                                      showlegend=col == 1 or col == 3,
-                                     line={"color": _COLORS[i % len(_COLORS)]}), row=1, col=col)
+                                     line={"color": PALETTE[i % len(PALETTE)]}), row=1, col=col)
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(template="plotly_white", height=360, uirevision="keep", margin={"t": 40})
     return fig
-
-
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 
 
 def register(app, root: Path) -> None:
