@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -225,8 +225,12 @@ def finish_test(run: RunDir, models: Models, test_ds, cfg: Config, info: DataInf
 # ---------------------------------------------------------------------------------------------------------
 # training
 def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = None, progress: bool = True,
-          kind: str = "local") -> Path:
-    """Train E and R as `cfg` says; returns the run directory. Raises GradPromError for user mistakes."""
+          kind: str = "local", on_epoch: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None) -> Path:
+    """Train E and R as `cfg` says; returns the run directory. Raises GradPromError for user mistakes.
+
+    :param on_epoch: called after each epoch's validation and checkpoint with (epoch, train row, val row) of
+        epochs.parquet; a driver (a Tune trial) reports from it, and may stop the run by raising.
+    """
     # --- setup ----------------------------------------------------------------------------------------
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
@@ -301,6 +305,8 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
             log.info("epoch %d/%d  val psnr %.2f dB (input %.2f)  ssim %.3f  %s %.3f  gate-open %.2f  mean cos %+.3f",
                      epoch + 1, cfg.optim.epochs, val["psnr"], val["psnr_input"], val["ssim"], metric, val[metric],
                      gate_rate, gate["mean_cos"])
+            if on_epoch is not None:
+                on_epoch(epoch, epoch_rows[-2], epoch_rows[-1])
 
         # --- test the final model ---------------------------------------------------------------------------
         test = finish_test(run, models, datasets["test"], cfg, info, device, epoch_rows, global_step)

@@ -202,8 +202,11 @@ def _failure_summary(err: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 def train_on_ray(cfg: Config, *, resume: bool = False, run_path: str | Path | None = None,
-                 inject_failure: dict[str, Any] | None = None) -> Path:
+                 inject_failure: dict[str, Any] | None = None, callbacks: list | None = None) -> Path:
     """Train E and R on `distributed.workers` Ray Train workers; returns the run directory.
+
+    :param callbacks: Ray Train callbacks for its RunConfig, e.g. Tune's `TuneReportCallback` when a Tune
+        trial drives the run (the workers' per-epoch reports then reach Tune and its scheduler).
 
     :param inject_failure: tests only: {"rank", "epoch", "step", "marker"} makes that rank raise once (the
         marker file remembers it), to exercise the restart from the latest checkpoint.
@@ -263,7 +266,7 @@ def train_on_ray(cfg: Config, *, resume: bool = False, run_path: str | Path | No
                 checkpoint_config=CheckpointConfig(num_to_keep=d.keep_checkpoints,
                                                    checkpoint_score_attribute=d.checkpoint_metric,
                                                    checkpoint_score_order=d.checkpoint_order),
-                failure_config=FailureConfig(max_failures=d.max_failures)),
+                failure_config=FailureConfig(max_failures=d.max_failures), callbacks=callbacks),
             datasets={"train": make_dataset()},
             # every worker reads the whole split and takes its piece of each global batch (see ray_worker.py):
             # Ray Data's streaming split hands blocks to whichever worker asks first, so batches would depend

@@ -1,0 +1,241 @@
+"""Build, run and restore a tuning experiment: OptunaSearch (seeded, the paper's defaults first) + ASHA.
+
+<runs>/<name>/
+  run.json         kind "tune", objective, metrics, mode, num_trials, status, seed, best trial / Pareto trials
+  config.yaml      the base config of every trial (a valid `gradprom train --config` file)
+  tune.yaml        the `tune:` section (read back by --resume)
+  tune/            Ray Tune's experiment state (Tuner.restore reads it)
+  trials/<id>/     each trial's ordinary run directory
+  trials.parquet   one row per trial x epoch; pareto.parquet; best/*.yaml (see results.py)
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradprom.platform.config import Config, build_config, load_config_file, save_config
+from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.rundir import RunDir, now_iso, versions
+
+from .results import STATUSES, trial_rows, write_results, write_spec
+from .space import TuneSpec, build_spec, default_point, fixed_values, param_space, param_space_names
+from .trainable import TRIALS_DIR, run_trial
+
+log = logging.getLogger(__name__)
+TUNE_DIR = "tune"  # Ray Tune's experiment directory inside the experiment directory
+SPEC_FILE = "tune.yaml"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the experiment directory
+def default_name(cfg: Config, spec: TuneSpec) -> str:
+    """tune-<task>-<objective>-<YYYYmmdd-HHMMSS>."""
+    return f"tune-{cfg.task}-{spec.objective}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def trial_base(cfg: Config, spec: TuneSpec) -> Config:
+    """The base config as trials use it: absolute data paths (trials run in other processes and directories),
+    fixed dimensions applied, one torch thread per trial CPU, figures drawn once."""
+    raw = cfg.to_dict()
+    for section, field in (("data", "source"), ("gradprom", "recognizer_checkpoint")):
+        v = raw[section][field]
+        if v and v != "phantoms" and Path(v).exists():
+            raw[section][field] = str(Path(v).resolve())
+    from .space import apply_params
+
+    raw = apply_params(raw, fixed_values(spec))
+    raw["run"]["name"] = None
+    if raw["run"]["num_threads"] is None:
+        raw["run"]["num_threads"] = max(1, int(spec.cpus_per_trial))
+    raw["run"]["figures_every_epoch"] = False
+    return build_config(raw, source="tune base config")
+
+
+def prepare(cfg: Config, spec: TuneSpec, out: str | Path, name: str | None = None) -> Path:
+    """Validate everything, then create the experiment directory with run.json, config.yaml and tune.yaml."""
+    metrics = spec.objective_metrics(cfg.task)  # ConfigError for an unknown metric
+    spec.scheduler_metric(cfg.task)
+    if spec.workers_per_trial and cfg.data.batch_size < spec.workers_per_trial:
+        raise ConfigError(f"`tune.workers_per_trial`: {spec.workers_per_trial} workers need `data.batch_size` >= "
+                          f"{spec.workers_per_trial}, got {cfg.data.batch_size}.")
+    from gradprom.platform.datasets import build_datasets
+
+    build_datasets(cfg)  # every data error now, before Ray starts (DataError)
+    base = trial_base(cfg, spec)
+    exp = RunDir((Path(out) / (name or default_name(cfg, spec))).resolve())
+    if exp.exists():
+        raise ConfigError(f"Experiment directory {str(exp.path)!r} already holds a run; continue it with "
+                          f"`gradprom tune --resume {exp.path}`, or choose another --name / --out.")
+    exp.path.mkdir(parents=True, exist_ok=True)
+    save_config(base, exp.config_yaml)
+    write_spec(exp.path / SPEC_FILE, spec.model_dump(mode="json"))
+    modes = spec.modes(cfg.task)
+    exp.write_run(name=exp.path.name, kind="tune", status="created", start=None, end=None, task=cfg.task,
+                  objective=spec.objective, metrics=metrics, mode=modes[0] if len(modes) == 1 else modes,
+                  modes=modes, num_trials=spec.num_trials, max_epochs=spec.max_epochs, sampler=spec.sampler,
+                  seed=spec.seed, search_space=param_space_names(spec), fixed=fixed_values(spec),
+                  workers_per_trial=spec.workers_per_trial, versions=versions(), error=None)
+    return exp.path
+
+
+def load(exp_dir: str | Path) -> tuple[RunDir, Config, TuneSpec]:
+    """An existing experiment's directory, base config and tune spec; clear errors for anything else."""
+    exp = RunDir(Path(exp_dir).resolve())
+    if not exp.path.is_dir():
+        raise DataError(f"--resume {str(exp_dir)!r}: no such directory; pass the experiment directory that "
+                        f"`gradprom tune` printed (e.g. runs/tune-...).")
+    info = exp.read_run() if exp.run_json.is_file() else {}
+    if info.get("kind") != "tune" or not (exp.path / SPEC_FILE).is_file() or not exp.config_yaml.is_file():
+        raise DataError(f"--resume {str(exp_dir)!r}: not a tuning experiment (needs run.json of kind 'tune', "
+                        f"config.yaml and {SPEC_FILE}); pass the directory `gradprom tune` wrote.")
+    cfg = build_config(load_config_file(exp.config_yaml), source=str(exp.config_yaml))
+    spec = build_spec(yaml.safe_load((exp.path / SPEC_FILE).read_text()), source=str(exp.path / SPEC_FILE))
+    return exp, cfg, spec
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ray Tune
+def make_trainable(exp: Path, cfg: Config, spec: TuneSpec):
+    """The trial function with its constant arguments and resources (the same for a new run and a restore)."""
+    from ray import tune
+
+    fn = tune.with_parameters(run_trial, base=cfg.to_dict(), exp_dir=str(exp), max_epochs=spec.max_epochs,
+                              workers=spec.workers_per_trial)
+    resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    return tune.with_resources(fn, resources)
+
+
+def make_searcher(cfg: Config, spec: TuneSpec):
+    """OptunaSearch over the space, seeded, with the paper's defaults as the first point."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics, modes = spec.objective_metrics(cfg.task), spec.modes(cfg.task)
+    sampler = {"tpe": None, "random": optuna.samplers.RandomSampler(seed=spec.seed),
+               "nsga2": optuna.samplers.NSGAIISampler(seed=spec.seed)}[spec.sampler]
+    points = [default_point(spec, cfg)] if spec.evaluate_defaults and param_space_names(spec) else None
+    one = len(metrics) == 1
+    return OptunaSearch(metric=metrics[0] if one else metrics, mode=modes[0] if one else modes,
+                        points_to_evaluate=points, sampler=sampler, seed=None if sampler else spec.seed)
+
+
+def make_scheduler(cfg: Config, spec: TuneSpec):
+    """ASHA on one metric, per epoch (training_iteration), up to max_epochs."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not spec.asha:
+        return FIFOScheduler()
+    from .space import METRIC_MODES
+
+    metric = spec.scheduler_metric(cfg.task)
+    return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=METRIC_MODES[metric],
+                         max_t=spec.max_epochs, grace_period=min(spec.grace_period, spec.max_epochs),
+                         reduction_factor=spec.reduction_factor)
+
+
+def connect(address: str | None, num_cpus: int | None, timeout_s: float = 60.0) -> bool:
+    """A private local Ray instance (default) or the cluster at `address`; True when this call started Ray."""
+    from gradprom.platform import ray_train
+
+    cfg = build_config({"distributed": {"workers": 1, "address": address, "num_cpus": num_cpus,
+                                        "timeout_s": timeout_s}}, source="--address/--num-cpus")
+    if address is None and num_cpus is None:
+        import os
+
+        cfg.distributed.num_cpus = os.cpu_count() or 1
+    return ray_train.connect(cfg)
+
+
+def run(exp_dir: str | Path, *, resume: bool = False, address: str | None = None,
+        num_cpus: int | None = None) -> dict[str, Any]:
+    """Run (or continue) the experiment in `exp_dir`; returns run.json. Ctrl-C leaves it resumable."""
+    exp, cfg, spec = load(exp_dir)
+    started = connect(address, num_cpus)
+    try:
+        from ray import tune
+
+        ray_dir = exp.path / TUNE_DIR
+        trainable = make_trainable(exp.path, cfg, spec)
+        from .callback import TrialsTable
+
+        callback = TrialsTable(str(exp.path), spec.max_epochs, spec.num_trials)
+        if resume:
+            if not tune.Tuner.can_restore(str(ray_dir)):
+                raise DataError(f"--resume {str(exp.path)!r}: Ray Tune has no saved state in {str(ray_dir)!r} "
+                                f"(the experiment never started); start a new one with `gradprom tune`.")
+            # the saved state holds the search, the scheduler and the callback; only the trainable is new
+            tuner = tune.Tuner.restore(str(ray_dir), trainable=trainable, resume_unfinished=True)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space(spec),
+                tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, spec), scheduler=make_scheduler(cfg, spec),
+                                            num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent),
+                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(exp.path), callbacks=[callback],
+                                          failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+        import ray
+
+        info = exp.read_run()
+        exp.write_run(status="running", start=info.get("start") or now_iso(), end=None, error=None,
+                      address=address or "local", versions={**versions(), "ray": ray.__version__})
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:
+            exp.write_run(status="stopped", end=now_iso(), error="interrupted by the user; continue with --resume")
+            raise
+        return finish(exp, cfg, spec, grid)
+    except BaseException as e:
+        if exp.read_run().get("status") == "running":
+            exp.write_run(status="failed", end=now_iso(), error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def collect_rows(grid, status: dict[str, str], spec: TuneSpec) -> list[dict[str, Any]]:
+    """trials.parquet rows from Tune's results (authoritative, also for trials restored from disk)."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for result in grid:
+        df = result.metrics_dataframe
+        records = [] if df is None else df.to_dict("records")
+        tid = (result.metrics or {}).get("trial_id") or (records[-1].get("trial_id") if records else None)
+        if tid is None:
+            continue
+        seen.add(tid)
+        st = status.get(tid, "ERROR" if result.error else "TERMINATED")
+        for rec in records:
+            rec.setdefault("config", result.config)
+        rows += trial_rows(tid, st if st in STATUSES else "RUNNING", records, spec.max_epochs)
+    for tid, st in status.items():  # trials that failed before their first epoch
+        if tid not in seen and st == "ERROR":
+            rows += trial_rows(tid, st, [{}], spec.max_epochs)
+    return rows
+
+
+def finish(exp: RunDir, cfg: Config, spec: TuneSpec, grid) -> dict[str, Any]:
+    """Write the tables and the best configs, mark ASHA-stopped trial runs, and close run.json."""
+    from .callback import read_statuses
+
+    statuses = read_statuses(exp.path)
+    rows = collect_rows(grid, statuses, spec)
+    metrics, modes = spec.objective_metrics(cfg.task), spec.modes(cfg.task)
+    summary = write_results(exp.path, rows, cfg.to_dict(), metrics, modes, spec.max_epochs)
+    for r in rows:  # a trial ASHA stopped was killed between epochs: its run directory says so
+        trial_run = RunDir(exp.path / TRIALS_DIR / r["trial_id"])
+        if r["stopped_early"] and trial_run.read_run().get("status") == "running":
+            trial_run.write_run(status="stopped", end=now_iso(),
+                                error=f"stopped early by ASHA after epoch {r['training_iteration']}")
+    complete = len(statuses) >= spec.num_trials and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
+    if complete:
+        return exp.write_run(status="finished", end=now_iso(), **summary)
+    return exp.write_run(status="stopped", end=now_iso(), **summary,
+                         error=f"interrupted with {sum(s in ('TERMINATED', 'ERROR') for s in statuses.values())} of "
+                               f"{spec.num_trials} trials done; continue with `gradprom tune --resume {exp.path}`")

@@ -1,0 +1,222 @@
+"""The search: what is sampled, what is optimised, how trials run. The `tune:` section of a config file.
+
+A config file for `gradprom tune` is an ordinary run config (the base of every trial) plus an optional `tune:`
+section read here; `gradprom train` never sees that section (the exported best configs leave it out).
+
+```yaml
+tune:
+  objective: psnr            # psnr | ssim | task | pareto (= psnr and the task metric) | a metric name
+  num_trials: 8
+  max_epochs: 4              # epochs of a trial that ASHA does not stop
+  tau: [0.0, 0.5]            # uniform; within [-1, 1] (tau < 0 loses the descent guarantee)
+  lambda_e: [0.5, 2.0]       # log-uniform
+  lambda_r: [0.01, 1.0]      # log-uniform
+  lr: [0.0001, 0.01]         # log-uniform (the enhancer's Adam)
+  strategy: null             # e.g. [gradprom, cosine_weighted] to search it too
+  granularity: null          # e.g. [global, layer]
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gradprom.platform.config import Config
+from gradprom.platform.errors import ConfigError
+from gradprom.platform.metrics import task_metric_name
+
+# metric -> direction; "task" stands for the task's own metric (accuracy or dice)
+METRIC_MODES = {"psnr": "max", "ssim": "max", "task": "max", "accuracy": "max", "auc": "max", "dice": "max",
+                "loss_e": "min", "loss_r": "min", "gate_open_rate": "max", "mean_cos": "max"}
+TASK_METRICS = {"classification": ("accuracy", "auc"), "segmentation": ("dice",)}
+SEARCHED = ("tau", "lambda_e", "lambda_r", "lr")  # the numeric dimensions; strategy/granularity are choices
+BOUNDS = {"tau": (-1.0, 1.0), "lambda_e": (0.0, None), "lambda_r": (0.0, None), "lr": (0.0, None)}
+
+
+class TuneSpec(BaseModel):
+    """The `tune:` section: objective, search space, early stopping and trial resources."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    # what to optimise: psnr | ssim | task | pareto (psnr and the task metric together) | any name in
+    # METRIC_MODES; `metrics` overrides it with an explicit list (several names = multi-objective)
+    objective: str = "psnr"
+    metrics: list[str] | None = None
+    num_trials: int = Field(8, ge=1)
+    max_epochs: int = Field(4, ge=1)
+    # search ranges [low, high]; tau is uniform, the others log-uniform; a range with low == high fixes it
+    tau: tuple[float, float] = (0.0, 0.5)
+    lambda_e: tuple[float, float] = (0.5, 2.0)
+    lambda_r: tuple[float, float] = (0.01, 1.0)
+    lr: tuple[float, float] = (1e-4, 1e-2)
+    # optional choices; None keeps the base config's value
+    strategy: list[str] | None = None
+    granularity: list[Literal["global", "layer"]] | None = None
+    # Optuna sampler: tpe (default; multi-objective TPE for several metrics) | nsga2 | random
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0  # the sampler's seed (recorded in run.json)
+    # try the paper's defaults (the base config's values, clipped into the ranges) first
+    evaluate_defaults: bool = True
+    # ASHA on per-epoch reports: a trial below the top 1/reduction_factor at a rung stops there
+    asha: bool = True
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+    # ASHA's metric for a multi-objective search (default: the first objective)
+    asha_metric: str | None = None
+    max_concurrent: int | None = Field(None, ge=1)  # None: as many as the resources allow
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    # 0: the trial runs the local loop itself; N >= 1: the trial launches the Ray Train runner on N workers
+    # (each with distributed.cpus_per_worker / gpus_per_worker) and forwards its reports with TuneReportCallback
+    workers_per_trial: int = Field(0, ge=0)
+    max_failures: int = Field(0, ge=0)  # Tune restarts of a failed trial
+
+    @field_validator("tau", "lambda_e", "lambda_r", "lr", mode="before")
+    @classmethod
+    def _pair(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return (v, v)
+        if isinstance(v, str):  # "0,0.5" from --set or a flag
+            return tuple(float(x) for x in v.split(","))
+        return v
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "TuneSpec":
+        for name in SEARCHED:
+            lo, hi = getattr(self, name)
+            low, high = BOUNDS[name]
+            if lo > hi:
+                raise ValueError(f"`tune.{name}`: range [{lo:g}, {hi:g}] has low > high")
+            if high is not None and (lo < low or hi > high):
+                raise ValueError(f"`tune.{name}`: range [{lo:g}, {hi:g}] is outside its bounds; allowed is within "
+                                 f"[{low:g}, {high:g}]")
+            if high is None and lo <= low:
+                raise ValueError(f"`tune.{name}`: range [{lo:g}, {hi:g}] is outside its bounds; values must be "
+                                 f"> {low:g} (searched log-uniformly)")
+        if self.strategy is not None:
+            from gradprom.platform.strategies import parse_strategy
+
+            if not self.strategy:
+                raise ValueError("`tune.strategy`: give at least one strategy, or null to keep the base config's")
+            for s in self.strategy:
+                parse_strategy(s)  # ConfigError naming the strategy
+        if self.granularity is not None and not self.granularity:
+            raise ValueError("`tune.granularity`: give at least one of global, layer, or null")
+        return self
+
+    # ---- objectives ----------------------------------------------------------------------------------------
+    def objective_metrics(self, task: str) -> list[str]:
+        """The metric names optimised, resolved for the task ("task" -> accuracy or dice)."""
+        names = list(self.metrics) if self.metrics else (
+            ["psnr", "task"] if self.objective == "pareto" else [self.objective])
+        out = []
+        for n in names:
+            allowed = [m for m in METRIC_MODES if m not in TASK_METRICS[_other(task)]]
+            if n not in METRIC_MODES or n in TASK_METRICS[_other(task)]:
+                raise ConfigError(f"`tune.objective`/`tune.metrics`: unknown metric {n!r} for task {task}; "
+                                  f"allowed: pareto, {', '.join(allowed)}.")
+            out.append(task_metric_name(task) if n == "task" else n)
+        if len(set(out)) != len(out):
+            raise ConfigError(f"`tune.metrics`: {names} names a metric twice.")
+        return out
+
+    def modes(self, task: str) -> list[str]:
+        """max/min for each objective metric."""
+        return [METRIC_MODES[m] for m in self.objective_metrics(task)]
+
+    def scheduler_metric(self, task: str) -> str:
+        """The one metric ASHA compares trials on."""
+        if self.asha_metric is None:
+            return self.objective_metrics(task)[0]
+        m = task_metric_name(task) if self.asha_metric == "task" else self.asha_metric
+        if m not in METRIC_MODES or m in TASK_METRICS[_other(task)]:
+            raise ConfigError(f"`tune.asha_metric`: unknown metric {self.asha_metric!r} for task {task}.")
+        return m
+
+
+def _other(task: str) -> str:
+    return "segmentation" if task == "classification" else "classification"
+
+
+def build_spec(raw: dict[str, Any] | None, source: str = "tune section") -> TuneSpec:
+    """Validate the `tune:` section; errors become one-paragraph ConfigErrors naming the field."""
+    try:
+        return TuneSpec.model_validate(raw or {})
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                parts.append(f"unknown field `tune.{loc}` (known: {', '.join(TuneSpec.model_fields)})")
+            elif loc:
+                parts.append(f"`tune.{loc}`: got {e.get('input')!r}; {msg}")
+            else:
+                parts.append(msg)
+        raise ConfigError(f"Invalid tune settings ({source}): " + "; ".join(parts) + ".") from None
+    except ConfigError as err:
+        raise ConfigError(f"Invalid tune settings ({source}): {err}") from None
+
+
+# ---- the Tune search space ------------------------------------------------------------------------------
+def param_space(spec: TuneSpec) -> dict[str, Any]:
+    """Tune search domains: tau uniform, the weights and lr log-uniform, strategy/granularity as choices."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name in SEARCHED:
+        lo, hi = getattr(spec, name)
+        if lo == hi:
+            continue  # fixed: set in the base config instead (a zero-width domain is not samplable)
+        space[name] = tune.uniform(lo, hi) if name == "tau" else tune.loguniform(lo, hi)
+    if spec.strategy and len(spec.strategy) > 1:
+        space["strategy"] = tune.choice(list(spec.strategy))
+    if spec.granularity and len(spec.granularity) > 1:
+        space["granularity"] = tune.choice(list(spec.granularity))
+    return space
+
+
+def fixed_values(spec: TuneSpec) -> dict[str, Any]:
+    """Dimensions with a single value: applied to every trial's config."""
+    out: dict[str, Any] = {n: getattr(spec, n)[0] for n in SEARCHED if getattr(spec, n)[0] == getattr(spec, n)[1]}
+    if spec.strategy and len(spec.strategy) == 1:
+        out["strategy"] = spec.strategy[0]
+    if spec.granularity and len(spec.granularity) == 1:
+        out["granularity"] = spec.granularity[0]
+    return out
+
+
+def default_point(spec: TuneSpec, base: Config) -> dict[str, Any]:
+    """The paper's defaults (the base config's values) as a first point, clipped into the searched ranges."""
+    current = {"tau": base.gradprom.tau, "lambda_e": base.gradprom.lambda_e, "lambda_r": base.gradprom.lambda_r,
+               "lr": base.optim.lr, "strategy": base.gradprom.strategy, "granularity": base.gradprom.granularity}
+    point: dict[str, Any] = {}
+    for name in param_space_names(spec):
+        if name in SEARCHED:
+            lo, hi = getattr(spec, name)
+            point[name] = min(max(current[name], lo), hi)
+        else:
+            choices = getattr(spec, name)
+            point[name] = current[name] if current[name] in choices else choices[0]
+    return point
+
+
+def param_space_names(spec: TuneSpec) -> list[str]:
+    """Names of the searched dimensions, in a fixed order."""
+    names = [n for n in SEARCHED if getattr(spec, n)[0] != getattr(spec, n)[1]]
+    names += [n for n in ("strategy", "granularity") if getattr(spec, n) and len(getattr(spec, n)) > 1]
+    return names
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's nested config dict: the base with the sampled values set."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    gp, opt = out.setdefault("gradprom", {}), out.setdefault("optim", {})
+    for name in ("tau", "lambda_e", "lambda_r", "strategy", "granularity"):
+        if name in params:
+            gp[name] = params[name]
+    if "lr" in params:
+        opt["lr"] = params["lr"]
+    return out
