@@ -1,0 +1,138 @@
+"""`gradprom federate`: federated GradProm across simulated hospitals (Flower simulation on Ray)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+# flag -> (dotted config field, type, help); flags not given leave the config file's values alone
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "hospitals": ("federated.hospitals", int, "number of hospitals (sites) [default 4]"),
+    "rounds": ("federated.rounds", int, "federated rounds [default 3]; with --resume, the new total"),
+    "strategy": ("federated.strategy", str, "Flower aggregation: fedavg (default) | fedprox | fedadam | fedyogi"),
+    "local_steps": ("federated.local_steps", int, "GradProm steps per site per round [default 4]"),
+    "gate_level": ("federated.gate_level", str, "local (each site gates its own steps, default) | server "
+                   "(the server gates the aggregated enhancement/task pair)"),
+    "min_nodes": ("federated.min_nodes", int, "sites a round needs [default: all]"),
+    "round_timeout": ("federated.round_timeout_s", float, "seconds a round waits for replies [default 600]"),
+    "dirichlet_alpha": ("federated.dirichlet_alpha", float, "case-mix skew: label shares ~ Dirichlet(alpha)"),
+    "size_skew": ("federated.size_skew", float, "size skew: site k gets a share ~ (1 + skew)^-k"),
+    "proximal_mu": ("federated.proximal_mu", float, "fedprox: weight of the proximal term"),
+    "num_cpus": ("federated.num_cpus", int, "CPUs of the private Ray instance [default: one per site, up to all]"),
+    "tau": ("gradprom.tau", float, "gate threshold in [-1, 1] (sites; the server gate with --gate-level server)"),
+    "task": ("task", str, "classification | segmentation"),
+    "data": ("data.source", str, "phantoms (default), a MedMNIST-style .npz, or a store (with --set "
+             "federated.use_store_sites=true: one hospital per stored site)"),
+    "seed": ("seed", int, "seed of the partition, the noise and the model init"),
+    "out": ("run.out", str, "runs directory [default runs]"),
+    "name": ("run.name", str, "run name [default federated-<strategy>-<task>-<time>]"),
+}
+
+
+def register(sub) -> None:
+    """Add the `federate` command to the main parser's sub-commands."""
+    p = sub.add_parser(
+        "federate", help="federated GradProm: hospitals train and gate locally, Flower aggregates",
+        description="Split the data into hospitals that differ in scanner noise, case mix and size, then run a "
+                    "Flower federation on this machine (simulation on a private Ray instance): each hospital runs "
+                    "GradProm steps on its own images, only weights and metrics travel, and a Flower strategy "
+                    "aggregates. Writes <out>/<name>/ with run.json, config.yaml, sites.parquet, rounds.parquet, "
+                    "epochs.parquet and checkpoints/latest.pt. Values come from defaults, then --config, then "
+                    "--set, then flags. Per-site settings: --set federated.sites.1.tau=1.0 (also .strategy, "
+                    ".degradation, .data).")
+    p.add_argument("--config", metavar="FILE", help="YAML: engine sections plus a `federated:` section "
+                   "(a federation's config.yaml re-runs it)")
+    for flag, (field, typ, help_) in FLAGS.items():
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None,
+                       metavar=flag.split("_")[-1].upper(), help=f"{help_} [{field}]")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any config field, e.g. --set data.num_train=256 --set federated.sites.0.tau=0.5")
+    p.add_argument("--describe", action="store_true", help="print the table of sites (samples, class mix, "
+                   "degradation) and exit without training")
+    p.add_argument("--export-sites", metavar="DIR", help="write each site's images to DIR/hospital-<k>.npz (for a "
+                   "real deployment: point each SuperNode's data-path at its file) and exit")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped federation from its last round "
+                   "(--rounds to extend a finished one)")
+    p.set_defaults(func=cmd_federate)
+
+
+def resolve(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The raw federation config: base <- --config <- --set <- flags (validated by build_federation)."""
+    from gradprom.platform.config import dotted_override, load_config_file, merge, parse_set_option
+
+    raw: dict[str, Any] = dict(base or {})
+    if args.config:
+        raw = merge(raw, load_config_file(args.config))
+    for s in args.sets:
+        raw = merge(raw, parse_set_option(s))
+    for flag, (field, _, _) in FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            raw = merge(raw, dotted_override(field, v))
+    return raw
+
+
+def cmd_federate(args: argparse.Namespace) -> int:
+    from gradprom.platform.config import load_config_file
+    from gradprom.platform.errors import DataError
+
+    from .config import build_federation
+
+    base = None
+    if args.resume:
+        if not (Path(args.resume) / "config.yaml").is_file():
+            raise DataError(f"--resume {args.resume!r}: not a federation's run directory (no config.yaml); pass "
+                            f"the directory `gradprom federate` wrote, e.g. runs/<name>.")
+        base = load_config_file(Path(args.resume) / "config.yaml")
+    raw = resolve(args, base)
+    cfg, fed = build_federation(raw, source="command line" if not args.config else args.config)
+    if args.describe:
+        _print_sites(cfg, fed)
+        return 0
+    if args.export_sites:
+        from .export import export_sites
+
+        for path in export_sites(cfg, fed, Path(args.export_sites)):
+            print(path)
+        return 0
+    _print_sites(cfg, fed)
+    from .simulation import simulate
+
+    path = simulate(raw, run_path=args.resume, resume=bool(args.resume))
+    _print_summary(path)
+    return 0
+
+
+def _print_sites(cfg, fed) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .partition import describe_sites
+
+    rows = describe_sites(cfg, fed)
+    t = Table(title=f"{fed.hospitals} hospitals · {cfg.data.source} · {cfg.task}")
+    for col in ("site", "train", "val", "class mix", "degradation", "τ / strategy", "note"):
+        t.add_column(col, justify="right" if col in ("train", "val") else "left")
+    for k, r in enumerate(rows):
+        over = fed.sites.get(k)
+        tau = over.tau if over and over.tau is not None else cfg.gradprom.tau
+        strat = over.strategy if over and over.strategy else cfg.gradprom.strategy
+        mix = " ".join(f"{x:.2f}" for x in r["class_mix"]) or "-"
+        t.add_row(r["site"], str(r["num_train"]), str(r["num_val"]), mix, r["degradation"], f"{tau:g} / {strat}",
+                  r["error"] or r["source"])
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
+    console.print(t)
+
+
+def _print_summary(path: Path) -> None:
+    from gradprom.platform.rundir import RunDir
+
+    info = RunDir(path).read_run()
+    test = info.get("test", {})
+    shown = {k: v for k, v in test.items() if k in ("psnr", "psnr_input", "ssim", "accuracy", "auc", "dice")}
+    print(f"federation finished: {path}")
+    print("global model, test split: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(f"rounds table: {path / 'rounds.parquet'}")
