@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-s
 # the tiny engine config of every real run here (seconds on one CPU thread)
 TINY = {"data": {"num_train": 64, "num_val": 16, "num_test": 16, "image_size": 32},
         "model": {"enhancer_channels": [8, 16]}, "optim": {"epochs": 2, "max_steps_per_epoch": 2},
-        "run": {"device": "cpu", "num_threads": 1, "flush_seconds": 0.0}}
+        "run": {"device": "cpu", "num_threads": 1}}
 LOCAL_RUNS = {"joint-global": {"gradprom": {"strategy": "joint"}},
               "gradprom-layer": {"gradprom": {"strategy": "gradprom", "granularity": "layer", "tau": 0.05}}}
 FED_NAME, TUNE_NAME = "fed-contract", "tune-contract"
