@@ -91,7 +91,8 @@ class RoundsRecorder:
 
     def write(self) -> None:
         """Rewrite rounds.parquet with every row so far."""
-        rows = [{f.name: r.get(f.name) for f in self.schema} for r in self.rows]
+        ordered = sorted(self.rows, key=lambda r: (r["round"], r["site"] == "global", r["site"]))
+        rows = [{f.name: r.get(f.name) for f in self.schema} for r in ordered]
         for r in rows:  # NaN metrics (e.g. AUC of a one-class split) stay NaN; absent ones are null
             for k, v in r.items():
                 if isinstance(v, float) and math.isinf(v):

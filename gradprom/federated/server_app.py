@@ -170,8 +170,9 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
         run.write_epochs(epoch_rows)
         run.write_run(status="finished", end=now_iso(), test=test)
         return run.path
-    except KeyboardInterrupt:
-        run.write_run(status="stopped", end=now_iso(), error="interrupted by the user")
+    except KeyboardInterrupt as e:
+        run.write_run(status="stopped", end=now_iso(), error=f"{e or 'interrupted by the user'}; continue it with "
+                      f"`gradprom federate --resume {run.path}`")
         raise
     except BaseException as e:
         run.write_run(status="failed", end=now_iso(), error=f"{type(e).__name__}: {e}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,23 @@ from gradprom.platform.errors import TrainingError
 from gradprom.platform.rundir import RunDir
 
 from .config import build_federation
+from .strategy import STOP
 
 log = logging.getLogger(__name__)
+
+
+def _request_stop(signum, frame) -> None:
+    log.warning("stopping after the current round (press Ctrl-C again to abort at once)")
+    STOP.set()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _quiet_stop(default):
+    """The ServerApp thread ends with FederationStopped on a requested stop: not worth a traceback."""
+    def hook(args) -> None:
+        if not isinstance(args.exc_value, KeyboardInterrupt):
+            default(args)
+    return hook
 
 
 def simulate(raw: dict[str, Any], run_path: str | Path | None = None, resume: bool = False) -> Path:
@@ -38,9 +55,22 @@ def simulate(raw: dict[str, Any], run_path: str | Path | None = None, resume: bo
     log.info("federation %s: %d hospitals, %d rounds, %s, gate level %s (Flower simulation, %d CPUs)", path,
              fed.hospitals, fed.rounds, fed.strategy, fed.gate_level, num_cpus)
     raw = {**raw, "run": {**raw.get("run", {}), "name": path.name, "out": str(path.parent)}}
-    run_simulation(server_app=make_server_app(raw, path, resume), client_app=make_client_app(raw),
-                   num_supernodes=fed.hospitals, backend_name="ray", backend_config=backend)
+    logging.getLogger("flwr").propagate = False  # Flower prints its own log lines; do not print them twice
+    STOP.clear()
+    # Ctrl-C / SIGTERM: finish the round in flight, keep its checkpoint, then stop (a second Ctrl-C aborts)
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    hook = threading.excepthook
+    threading.excepthook = _quiet_stop(hook)
+    try:
+        run_simulation(server_app=make_server_app(raw, path, resume), client_app=make_client_app(raw),
+                       num_supernodes=fed.hospitals, backend_name="ray", backend_config=backend)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        threading.excepthook = hook
     info = RunDir(path).read_run()
+    if info.get("status") == "stopped":
+        raise KeyboardInterrupt(info.get("error"))
     if info.get("status") != "finished":
         err = info.get("error") or "the ServerApp stopped before writing its run directory (see the log above)"
         raise TrainingError(f"Federation {str(path)!r} did not finish: {err}")

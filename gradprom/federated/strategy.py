@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -22,6 +23,8 @@ from .records import RoundsRecorder
 from .task import GATE_KEYS, all_finite
 
 log = logging.getLogger(__name__)
+# set by a SIGINT/SIGTERM handler (simulation.py): the federation stops before its next round
+STOP = threading.Event()
 BASES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
 _SITE_IN_REASON = re.compile(r"hospital-(\d+)")
 
@@ -33,6 +36,10 @@ def reason_text(reason: str | None) -> str:
     if m:
         text = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
     return " ".join(text.split())[:2000]
+
+
+class FederationStopped(KeyboardInterrupt):
+    """The user asked the federation to stop; it stops between rounds, after the last checkpoint."""
 
 
 class RecordingMixin:
@@ -63,6 +70,8 @@ class RecordingMixin:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        if STOP.is_set():
+            raise FederationStopped(f"stopped by the user after round {server_round - 1 + self.round_offset}")
         msgs = list(super().configure_train(server_round, arrays, config, grid))
         self.sampled[server_round] = [m.metadata.dst_node_id for m in msgs]
         self.round_start[server_round] = arrays
