@@ -23,3 +23,40 @@ def private_env(tmp: Path) -> dict[str, str]:
     env.update(FLWR_HOME=str(tmp / "flwr-home"), OMP_NUM_THREADS="1", RAY_ADDRESS="local",
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONUNBUFFERED="1")
     return env
+
+
+def start_cli(args: list[str], tmp: Path, log_name: str):
+    """Start `gradprom ARGS` in its own session (so the test can stop exactly it and its Ray children)."""
+    import subprocess
+    import sys
+
+    log = open(tmp / f"{log_name}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "gradprom.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                            env=private_env(tmp), cwd=tmp, start_new_session=True)
+    proc.log_path = tmp / f"{log_name}.log"  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_group(proc) -> None:
+    """Kill the process group the test started (the CLI and the Ray processes it spawned), if still there."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def run_cli(args: list[str], tmp: Path, log_name: str, timeout: float = 400) -> tuple[int, str]:
+    """Run `gradprom ARGS` to completion; returns (exit code, combined output)."""
+    import subprocess
+
+    proc = start_cli(args, tmp, log_name)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        rc = -1
+    finally:
+        stop_group(proc)
+    return rc, proc.log_path.read_text()
