@@ -45,7 +45,23 @@ def _check(args: argparse.Namespace) -> Path:
             ipaddress.ip_address(args.host)
         except ValueError:
             raise ConfigError(f"--host {args.host!r}: not an IP address (e.g. 127.0.0.1, 0.0.0.0).") from None
+    _check_port(args.host, args.port)
     return root
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken with one paragraph (Werkzeug would print its own text and exit 1)."""
+    import socket
+
+    from gradprom.platform.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); another program "
+                              f"uses it, so pass another --port.") from None
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
