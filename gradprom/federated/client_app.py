@@ -43,6 +43,12 @@ def _config(raw: dict[str, Any] | None, context: Context) -> dict[str, Any]:
     return out
 
 
+def _site_error(k: int, e: Exception) -> RuntimeError:
+    """One line that names the site (the server records it in the rounds table)."""
+    text = str(e) if isinstance(e, GradPromError) else f"{type(e).__name__}: {e}"
+    return RuntimeError(text if text.startswith(site_name(k)) else f"{site_name(k)}: {text}")
+
+
 def _inject_fault(fed: FedConfig, k: int, rnd: int) -> str | None:
     """Fault injection (tests, drills): crash, hang past the round timeout, or return NaN weights."""
     for f in fed.faults:
@@ -68,10 +74,8 @@ def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message
         _, info = load_dataset(cfg)
         res = train_site(cfg, fed, info, site, from_record(msg.content["arrays"]), rnd,
                          proximal_mu=float(conf.get("proximal-mu", 0.0)))
-    except GradPromError as e:
-        raise RuntimeError(f"{site_name(k)}: {e}") from None
     except Exception as e:
-        raise RuntimeError(f"{site_name(k)}: {type(e).__name__}: {e}") from e
+        raise _site_error(k, e) from None
     arrays = res.arrays
     if fault == "nan":
         arrays = {n: a * float("nan") if a.dtype.kind == "f" else a for n, a in arrays.items()}
@@ -90,8 +94,8 @@ def handle_evaluate(msg: Message, context: Context, raw: dict[str, Any]) -> Mess
         _, info = load_dataset(cfg)
         _, val_ds = site_datasets(cfg, site, k)
         metrics = evaluate_arrays(cfg, info, from_record(msg.content["arrays"]), val_ds)
-    except GradPromError as e:
-        raise RuntimeError(f"{site_name(k)}: {e}") from None
+    except Exception as e:
+        raise _site_error(k, e) from None
     reply = {"num-examples": len(site.val), "site": k, **metrics}
     return Message(RecordDict({"metrics": MetricRecord({n: float(v) for n, v in reply.items()})}), reply_to=msg)
 

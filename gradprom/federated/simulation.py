@@ -28,6 +28,13 @@ def _request_stop(signum, frame) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _no_client_tracebacks(record: logging.LogRecord) -> bool:
+    """Drop Flower's multi-page Ray tracebacks of a failed ClientApp (shown with -v)."""
+    msg = str(record.msg)
+    return not any(t in msg for t in ("Traceback (most recent call last)", "ClientAppActor",
+                                      "An exception was raised when processing a message"))
+
+
 def _quiet_stop(default):
     """The ServerApp thread ends with FederationStopped on a requested stop: not worth a traceback."""
     def hook(args) -> None:
@@ -55,7 +62,10 @@ def simulate(raw: dict[str, Any], run_path: str | Path | None = None, resume: bo
     log.info("federation %s: %d hospitals, %d rounds, %s, gate level %s (Flower simulation, %d CPUs)", path,
              fed.hospitals, fed.rounds, fed.strategy, fed.gate_level, num_cpus)
     raw = {**raw, "run": {**raw.get("run", {}), "name": path.name, "out": str(path.parent)}}
-    logging.getLogger("flwr").propagate = False  # Flower prints its own log lines; do not print them twice
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.propagate = False  # Flower prints its own log lines; do not print them twice
+    if not log.isEnabledFor(logging.DEBUG):  # a site's failure is one line in our log and the rounds table
+        flwr_log.addFilter(_no_client_tracebacks)
     STOP.clear()
     # Ctrl-C / SIGTERM: finish the round in flight, keep its checkpoint, then stop (a second Ctrl-C aborts)
     previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

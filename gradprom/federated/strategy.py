@@ -27,14 +27,21 @@ log = logging.getLogger(__name__)
 STOP = threading.Event()
 BASES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
 _SITE_IN_REASON = re.compile(r"hospital-(\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def reason_text(reason: str | None) -> str:
-    """Flower's error reason "<class 'X'>:<'message'>" as a readable one-liner."""
-    text = reason or "unknown error"
-    m = re.match(r"<class '([^']+)'>:<'(.*)'>$", text, flags=re.S)
-    if m:
-        text = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    """Flower's error reason (a Ray traceback in simulation, "<class 'X'>:<'message'>" in deployment) as the
+    ClientApp's own one-line message."""
+    text = _ANSI.sub("", reason or "unknown error")
+    found = re.search(r"occurred\. Message: (.*)", text, flags=re.S)  # ClientAppException wraps the message
+    if found:
+        text = found.group(1)
+    else:
+        m = re.match(r"<class '([^']+)'>:<'(.*)'>$", text, flags=re.S)
+        if m:
+            text = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    text = text.strip().split("\n")[0].rstrip("'>")
     return " ".join(text.split())[:2000]
 
 
