@@ -38,7 +38,7 @@ def rows_by_trial(exp: Path) -> dict[str, list[dict]]:
 
 
 def test_single_objective_search(ray_local, tmp_path):
-    cfg = write_config(tmp_path / "tune.yaml", num_trials=5)
+    cfg = write_config(tmp_path / "tune.yaml", num_trials=4)
     assert main(["tune", "--config", str(cfg), "--out", str(tmp_path), "--name", "single"]) == 0
     exp = tmp_path / "single"
     info = json.loads((exp / "run.json").read_text())
@@ -46,7 +46,7 @@ def test_single_objective_search(ray_local, tmp_path):
 
     # --- one row per trial x epoch, in step with each trial's own run directory ------------------------------
     trials = rows_by_trial(exp)
-    assert len(trials) == 5
+    assert len(trials) == 4
     for tid, rows in trials.items():
         assert [r["epoch"] for r in rows] == list(range(len(rows)))
         assert [r["training_iteration"] for r in rows] == [e + 1 for e in range(len(rows))]
