@@ -71,6 +71,9 @@ class FedConfig(BaseModel):
     server_lr: float = Field(0.01, gt=0.0)  # fedadam/fedyogi: eta
     server_tau: float = Field(1e-3, gt=0.0)  # fedadam/fedyogi: adaptivity (tau)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    # client-side evaluation of each new global model on every site's own split (eval_* columns); off saves one
+    # message per site and round (in a real deployment each message starts a ClientApp process)
+    evaluate_sites: bool = True
     # a round completes when at least this many sites answered (None = all hospitals for the first
     # round's sampling, then whoever answers); Flower also waits for this many connected sites
     min_nodes: int | None = Field(None, ge=1)

@@ -128,6 +128,7 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
     gate_info: dict[int, tuple[float, float]] = {}
     hook = _server_gate(cfg, models, gate_info) if fed.gate_level == "server" else None
     strategy = build_strategy(fed.strategy, recorder, min_nodes=fed.min_answers, fraction_train=fed.fraction_train,
+                              evaluate_sites=fed.evaluate_sites,
                               round_offset=done, server_gate=hook, proximal_mu=fed.proximal_mu,
                               eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau)
     if fed.record_updates:

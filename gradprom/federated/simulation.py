@@ -31,7 +31,7 @@ def _request_stop(signum, frame) -> None:
 def _no_client_tracebacks(record: logging.LogRecord) -> bool:
     """Drop Flower's multi-page Ray tracebacks of a failed ClientApp (shown with -v)."""
     msg = str(record.msg)
-    return not any(t in msg for t in ("Traceback (most recent call last)", "ClientAppActor",
+    return not any(t in msg for t in ("Traceback (most recent call last)", "ClientAppActor", "  File \"",
                                       "An exception was raised when processing a message"))
 
 

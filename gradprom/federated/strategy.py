@@ -133,11 +133,12 @@ class RecordingMixin:
 
 
 def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fraction_train: float = 1.0,
-                   round_offset: int = 0, server_gate=None, **params: Any):
+                   evaluate_sites: bool = True, round_offset: int = 0, server_gate=None, **params: Any):
     """The Flower strategy `name` (fedavg | fedprox | fedadam | fedyogi), recording into `recorder`."""
     base = BASES[name]
     cls = type(f"Recorded{base.__name__}", (RecordingMixin, base), {})
-    kwargs = dict(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=min_nodes,
+    kwargs = dict(fraction_train=fraction_train, fraction_evaluate=1.0 if evaluate_sites else 0.0,
+                  min_train_nodes=min_nodes,
                   min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
     if name == "fedprox":
         kwargs["proximal_mu"] = params["proximal_mu"]
