@@ -1,0 +1,67 @@
+"""A private Ray head for the cluster tests: free ports, its own short temp dir, stopped by its own processes.
+
+`ray stop` would stop every Ray instance on the machine, so the tests never call it: the head's processes are
+found by the test's unique temp dir in their command lines and terminated by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from ._tiny import free_port
+
+
+def short_temp_dir() -> Path:
+    """A fresh directory under /tmp with a short path (Ray's unix socket paths must stay under 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="gpray-", dir="/tmp"))
+
+
+def head_args(temp: Path, gcs_port: int, dashboard_port: int, num_cpus: int = 2) -> list[str]:
+    """`ray start --head` arguments that touch no default port and no shared directory."""
+    return ["--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--num-cpus={num_cpus}", f"--temp-dir={temp}",
+            "--disable-usage-stats"]
+
+
+def pids_of(marker: str) -> list[int]:
+    """Processes whose command line contains `marker` (the test's temp dir)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            out.append(int(p.name))
+    return out
+
+
+def stop_processes(marker: str, timeout_s: float = 15.0) -> None:
+    """SIGTERM the processes started under `marker`, then SIGKILL what is left after `timeout_s`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_of(marker):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while pids_of(marker) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        if not pids_of(marker):
+            return
+
+
+def cleanup(temp: Path) -> None:
+    """Stop the head's processes and remove its temp dir."""
+    stop_processes(str(temp))
+    shutil.rmtree(temp, ignore_errors=True)
