@@ -90,7 +90,7 @@ def dominated(a: dict, b: dict, metrics: list[str]) -> bool:
 
 
 def test_multi_objective_pareto_front_and_report(ray_local, tmp_path, capsys):
-    cfg = write_config(tmp_path / "tune.yaml", num_trials=5, max_concurrent=2)
+    cfg = write_config(tmp_path / "tune.yaml", num_trials=4, max_concurrent=2)
     assert main(["tune", "--config", str(cfg), "--objective", "pareto", "--out", str(tmp_path), "--name", "mo"]) == 0
     exp = tmp_path / "mo"
     info = json.loads((exp / "run.json").read_text())
@@ -98,7 +98,7 @@ def test_multi_objective_pareto_front_and_report(ray_local, tmp_path, capsys):
     assert metrics == ["psnr", "accuracy"] and info["modes"] == ["max", "max"]
 
     trials = rows_by_trial(exp)
-    assert len(trials) == 5
+    assert len(trials) == 4
     finals = [rows[-1] for rows in trials.values() if not rows[0]["stopped_early"]]
     front = pq.read_table(exp / "pareto.parquet").to_pylist()
     assert front
