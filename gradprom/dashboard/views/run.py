@@ -3,6 +3,7 @@ closed, open rate, ‖g_e‖ and ‖g_r‖), the layer × step heat map in `laye
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from ..discover import Run, get_run, read_steps, read_table, signature
 from .common import (cell, data_table, duration, file_url, graph, message_figure, notice, notice_box, num,
                      task_metrics)
 
+# the page outputs of the last state of each run, so a reload or a second tab does not rebuild them
+_RENDERED: dict[str, tuple[str, tuple]] = {}
+_LOCK = threading.Lock()
 SUMMARY_KEYS = ["status", "kind", "task", "strategy", "tau", "lambda_e", "lambda_r", "granularity", "data",
                 "degradation", "start", "end", "length", "steps", "error"]
 
@@ -104,20 +108,20 @@ def gate_figure(steps: pa.Table | None, tau: float | None, epochs: list[dict[str
                                         "‖g_e‖ and ‖g_r‖"])
     if "cos" in steps.column_names:
         cos = _np(steps, "cos")
-        fig.add_trace(go.Scattergl(x=downsample.minmax(x, cos)[0], y=downsample.minmax(x, cos)[1], mode="lines",
+        fig.add_trace(go.Scatter(x=downsample.minmax(x, cos)[0], y=downsample.minmax(x, cos)[1], mode="lines",
                                    name="cos", line={"color": "#bbb", "width": 1}), row=1, col=1)
         if "gate_open" in steps.column_names:
             g = _np(steps, "gate_open")
             for label, mask, color in (("open", g >= 0.5, "#2ca02c"), ("closed", g < 0.5, "#d62728")):
                 xs, ys = downsample.minmax(x[mask], cos[mask], downsample.MAX_POINTS // 2)
-                fig.add_trace(go.Scattergl(x=xs, y=ys, mode="markers", name=label,
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=label,
                                            marker={"color": color, "size": 4}), row=1, col=1)
         if tau is not None:
             fig.add_hline(y=tau, line={"dash": "dash", "color": "black"}, row=1, col=1,
                           annotation_text=f"τ = {tau:g}", annotation_position="top left")
     if "gate_open" in steps.column_names:
         xs, ys = downsample.rolling_mean(x, _np(steps, "gate_open"))
-        fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", name="open rate (window mean)",
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="open rate (window mean)",
                                    line={"color": "#2ca02c"}), row=2, col=1)
         pts = [(r["step"], r["gate_open_rate"]) for r in epochs
                if r.get("split") == "train" and num(r.get("gate_open_rate")) is not None and "step" in r]
@@ -128,7 +132,7 @@ def gate_figure(steps: pa.Table | None, tau: float | None, epochs: list[dict[str
     for key, color in (("norm_ge", "#1f77b4"), ("norm_gr", "#d62728")):
         if key in steps.column_names:
             xs, ys = downsample.minmax(x, _np(steps, key))
-            fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", name="‖g_e‖" if key == "norm_ge" else "‖g_r‖",
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="‖g_e‖" if key == "norm_ge" else "‖g_r‖",
                                        line={"color": color, "width": 1}), row=3, col=1)
     fig.update_yaxes(range=[-1.05, 1.05], row=1, col=1)
     fig.update_yaxes(range=[-0.05, 1.05], row=2, col=1)
@@ -172,6 +176,21 @@ def tau_of(run: Run) -> float | None:
     return num(g.get("tau", run.info.get("tau")))
 
 
+def render(run: Run) -> tuple:
+    """Every output of the run page but the signature: tables, figures, samples, notices."""
+    table, problems = read_table(run.path / "epochs.parquet")
+    epochs = table.to_pylist() if table is not None else []
+    steps, p2 = read_steps(run.path)
+    problems = run.problems + problems + p2
+    heat = heatmap_figure(steps)
+    columns = [{"id": c, "name": c} for c in (table.column_names if table is not None else [])]
+    return (summary_rows(run, steps.num_rows if steps is not None else None), epoch_table_rows(epochs), columns,
+            curves_figure(epochs), gate_figure(steps, tau_of(run), epochs),
+            heat if heat is not None else message_figure(""),
+            {"display": "block" if heat is not None else "none"}, samples(run),
+            notice("run-notice", problems))
+
+
 def register(app, root: Path) -> None:
     """Callbacks of the run page."""
 
@@ -189,14 +208,14 @@ def register(app, root: Path) -> None:
         new = signature(run.path)
         if new == sig:
             raise PreventUpdate
-        table, problems = read_table(run.path / "epochs.parquet")
-        epochs = table.to_pylist() if table is not None else []
-        steps, p2 = read_steps(run.path)
-        problems = run.problems + problems + p2
-        heat = heatmap_figure(steps)
-        columns = [{"id": c, "name": c} for c in (table.column_names if table is not None else [])]
-        return (summary_rows(run, steps.num_rows if steps is not None else None), epoch_table_rows(epochs), columns,
-                curves_figure(epochs), gate_figure(steps, tau_of(run), epochs),
-                heat if heat is not None else message_figure(""),
-                {"display": "block" if heat is not None else "none"}, samples(run),
-                notice("run-notice", problems), new)
+        with _LOCK:
+            hit = _RENDERED.get(run.id)
+        if hit is not None and hit[0] == new:  # another tab (or a reload) already built this state
+            return hit[1]
+        out = render(run) + (new,)
+        with _LOCK:
+            _RENDERED.pop(run.id, None)
+            _RENDERED[run.id] = (new, out)
+            while len(_RENDERED) > 16:
+                _RENDERED.pop(next(iter(_RENDERED)))
+        return out
