@@ -1,0 +1,100 @@
+"""What does a federated round cost against the same local work in one process, and how many bytes travel?
+
+Side by side, in one run:
+  one process   the 4 hospitals' local steps (task.train_site, the same function the ClientApps call) run one
+                after another in this process, from the same global model
+  simulation    `gradprom federate`'s Flower simulation (private Ray instance, one CPU per ClientApp): the first
+                round (cold: actors start and import torch) and a later round (warm), from rounds.parquet's
+                clock; plus the whole run including Ray's start
+  bytes         the ArrayRecord bytes sent per round (global model to every site, its weights back, and the
+                client-side evaluation round) against the model's size, for `gate_level` local and server
+                (server gating also returns the two summed enhancer gradients)
+
+Usage: python benchmarks/federated_round.py [--hospitals 4] [--local-steps 8] [--image-size 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from gradprom.federated.config import build_federation  # noqa: E402
+from gradprom.federated.partition import load_dataset, load_site  # noqa: E402
+from gradprom.federated.simulation import simulate  # noqa: E402
+from gradprom.federated.strategy import to_record  # noqa: E402
+from gradprom.federated.task import get_arrays, new_models, train_site  # noqa: E402
+
+
+def record_bytes(arrays: dict) -> int:
+    """Bytes of the arrays as Flower serialises them in an ArrayRecord."""
+    return sum(len(a.data) for a in to_record(arrays).values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hospitals", type=int, default=4)
+    ap.add_argument("--local-steps", type=int, default=8)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the simulation (round 1 is the cold one)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    raw = {"data": {"num_train": 512, "num_val": 64, "num_test": 64, "image_size": args.image_size},
+           "federated": {"hospitals": args.hospitals, "local_steps": args.local_steps, "rounds": args.rounds,
+                         "evaluate_sites": True}}
+    cfg, fed = build_federation(raw)
+    _, info = load_dataset(cfg)
+    start = get_arrays(new_models(cfg, info))
+
+    # --- one process: the same local work, site after site --------------------------------------------------
+    sites = [load_site(cfg, fed, k) for k in range(fed.hospitals)]
+    train_site(cfg, fed, info, sites[0], start, 1)  # warm-up (first-call allocations)
+    t0 = time.perf_counter()
+    for s in sites:
+        res = train_site(cfg, fed, info, s, start, 1)
+    local = time.perf_counter() - t0
+
+    # --- the simulation ----------------------------------------------------------------------------------------
+    with tempfile.TemporaryDirectory() as tmp:
+        sim_raw = {**raw, "run": {"out": tmp, "name": "bench"}}
+        t0 = time.perf_counter()
+        path = simulate(sim_raw)
+        total = time.perf_counter() - t0
+        rows = pq.read_table(Path(path) / "rounds.parquet").to_pylist()
+    glob = {r["round"]: r["time"] for r in rows if r["site"] == "global"}
+    first = glob[1]
+    warm = [glob[r] - glob[r - 1] for r in range(2, args.rounds + 1)]
+    warm_s = min(warm) if warm else float("nan")
+
+    # --- bytes per round -----------------------------------------------------------------------------------
+    model = record_bytes(start)
+    pair = 2 * res.sum_ge.nbytes if res.sum_ge is not None else 0
+    n = fed.hospitals
+    per_round_local = n * model + n * model + n * model  # train down, train up, evaluate down (metrics aside)
+    per_round_server = per_round_local + n * record_bytes({"a": res.sum_ge, "b": res.sum_gr})
+
+    print(f"federated round: {n} hospitals x {args.local_steps} local steps, {args.image_size}x{args.image_size} "
+          f"phantoms, batch {cfg.data.batch_size}, {os.cpu_count()} CPUs")
+    print(f"  one process, sites one after another : {local:7.2f} s")
+    print(f"  simulation, warm round               : {warm_s:7.2f} s   ratio {warm_s / local:5.2f}x "
+          f"(incl. client-side and server-side evaluation)")
+    print(f"  simulation, first round (server clock): {first:7.2f} s   ratio {first / local:5.2f}x (actors start)")
+    print(f"  simulation, whole run incl. Ray start : {total:7.2f} s for {args.rounds} rounds")
+    print(f"  model size (E + R arrays)            : {model / 1e6:7.3f} MB")
+    print(f"  bytes per round, gate_level local    : {per_round_local / 1e6:7.3f} MB = {per_round_local / model:.1f}x "
+          f"the model ({n} sites x (down + up + evaluate down))")
+    print(f"  bytes per round, gate_level server   : {per_round_server / 1e6:7.3f} MB = "
+          f"{per_round_server / model:.1f}x the model (+ sum_ge, sum_gr: {pair / 1e6:.3f} MB per site)")
+
+
+if __name__ == "__main__":
+    main()
