@@ -96,10 +96,16 @@ def cmd_federate(args: argparse.Namespace) -> int:
         for path in export_sites(cfg, fed, Path(args.export_sites)):
             print(path)
         return 0
-    _print_sites(cfg, fed)
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's database layer logs its plugins at INFO
+    from .server_app import preflight, run_path_for
     from .simulation import simulate
 
-    path = simulate(raw, run_path=args.resume, resume=bool(args.resume))
+    run_path = Path(args.resume) if args.resume else run_path_for(raw)
+    preflight(raw, run_path, bool(args.resume))
+    _print_sites(cfg, fed)
+    path = simulate(raw, run_path=run_path, resume=bool(args.resume))
     _print_summary(path)
     return 0
 

@@ -120,6 +120,9 @@ def build_federation(data: dict[str, Any] | None = None, source: str = "defaults
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source).replace("config field `", "config field `federated.")
                           ) from None
+    if fed.gate_level == "server" and cfg.gradprom.gate_space != "parameter":
+        raise ConfigError(f"Invalid configuration ({source}): `federated.gate_level: server` gates the enhancer's "
+                          f"parameter-space update; it needs `gradprom.gate_space: parameter`.")
     for k, s in fed.sites.items():
         if s.strategy is not None:
             try:

@@ -45,6 +45,23 @@ def run_path_for(raw: dict[str, Any]) -> Path:
     return Path(cfg.run.out) / name
 
 
+def preflight(raw: dict[str, Any], path: Path, resume: bool) -> None:
+    """Mistakes to report before any process starts: a taken run directory, nothing left to resume, bad data."""
+    cfg, fed = build_federation(raw, source="federation config")
+    run = RunDir(path)
+    if run.exists() and not resume:
+        raise ConfigError(f"Run directory {str(run.path)!r} already holds a run; continue it with --resume, or "
+                          f"choose another --name / --out.")
+    if resume and not run.config_yaml.is_file():
+        raise DataError(f"--resume {str(run.path)!r}: not a federation's run directory (no config.yaml).")
+    if resume and run.latest_checkpoint().is_file():
+        done = int(load_checkpoint(run.latest_checkpoint()).get("round", 0))
+        if done >= fed.rounds:
+            raise ConfigError(f"{str(run.path)!r} already ran {done} rounds (federated.rounds = {fed.rounds}); "
+                              f"pass --rounds larger than {done} to continue it.")
+    load_dataset(cfg)  # a missing or malformed data source is a clear error here, not in a Flower thread
+
+
 def _server_gate(cfg, models, info: dict):
     """The `gate_level: server` hook for the strategy (see server_gate.py for the rule)."""
     layout = enhancer_layout(models)
@@ -76,14 +93,9 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
     """Run (or resume) the federation described by `raw` on `grid`; returns the run directory."""
     # --- setup ----------------------------------------------------------------------------------------
     cfg, fed = build_federation(raw, source="federation config")
-    if fed.gate_level == "server" and cfg.gradprom.gate_space != "parameter":
-        raise ConfigError("`federated.gate_level: server` gates the enhancer's parameter-space update; it needs "
-                          "`gradprom.gate_space: parameter`.")
     torch.set_num_threads(cfg.run.num_threads or 1)
     run = RunDir(run_path or run_path_for(raw))
-    if run.exists() and not resume:
-        raise ConfigError(f"Run directory {str(run.path)!r} already holds a run; continue it with --resume, or "
-                          f"choose another --name / --out.")
+    preflight(raw, run.path, resume)
     sets, info = load_dataset(cfg)
     models = new_models(cfg, info)
     arrays = get_arrays(models)
@@ -104,9 +116,6 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
             rows = [r for r in pq.read_table(run.path / "rounds.parquet").to_pylist() if r["round"] <= done]
         epoch_rows = [r for r in run.read_epochs() if r["split"] == "val" and r["epoch"] <= done]
         log.info("resuming %s after round %d of %d", run.path, done, fed.rounds)
-    if done >= fed.rounds:
-        raise ConfigError(f"{str(run.path)!r} already ran {done} rounds (federated.rounds = {fed.rounds}); pass "
-                          f"--rounds larger than {done} to continue it.")
     run.create()
     sites = describe_sites(cfg, fed)
     write_parquet(run.path / "sites.parquet", sites)

@@ -49,10 +49,11 @@ def simulate(raw: dict[str, Any], run_path: str | Path | None = None, resume: bo
     from flwr.simulation import run_simulation
 
     from .client_app import make_client_app
-    from .server_app import make_server_app, run_path_for
+    from .server_app import make_server_app, preflight, run_path_for
 
     cfg, fed = build_federation(raw, source="federation config")
     path = Path(run_path) if run_path else run_path_for(raw)
+    preflight(raw, path, resume)
     # ClientApps run in Ray actors: one torch thread each, so N actors share the cores without oversubscribing
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     num_cpus = fed.num_cpus or max(1, min(os.cpu_count() or 1, int(fed.hospitals * fed.cpus_per_client)))
