@@ -26,9 +26,15 @@ def _has_project() -> bool:
     return True
 
 
+REEXEC = "GRADPROM_JOB_ENTRY_REEXEC"  # set on the re-run, so a broken environment fails instead of looping
+
+
 def _project_python() -> str | None:
+    if os.environ.get(REEXEC):
+        return None
     for cand in (os.environ.get("GRADPROM_PYTHON"), os.path.expanduser("~/gradprom/.venv/bin/python")):
-        if cand and os.access(cand, os.X_OK) and os.path.realpath(cand) != os.path.realpath(sys.executable):
+        # a venv's python is a symlink to the base interpreter: compare the paths, not their targets
+        if cand and os.access(cand, os.X_OK) and os.path.abspath(cand) != os.path.abspath(sys.executable):
             return cand
     return None
 
@@ -42,6 +48,7 @@ def main(argv: list[str]) -> int:
                   "venv interpreter, or install it into ~/gradprom/.venv (ray_cluster.yaml's setup_commands).",
                   file=sys.stderr)
             return 2
+        os.environ[REEXEC] = "1"
         os.execv(python, [python, os.path.abspath(__file__), *argv])
     from gradprom.cli import main as gradprom_main
 
