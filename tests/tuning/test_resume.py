@@ -25,7 +25,7 @@ def statuses(exp) -> dict[str, str]:
 
 
 def test_interrupt_then_resume(tmp_path):
-    cfg = write_config(tmp_path / "tune.yaml", num_trials=4, max_concurrent=1)
+    cfg = write_config(tmp_path / "tune.yaml", num_trials=4, max_concurrent=2)
     exp = tmp_path / "exp"
     log = (tmp_path / "first.log").open("w")
     p = subprocess.Popen([str(BIN / "gradprom"), "tune", "--config", str(cfg), "--out", str(tmp_path), "--name", "exp",
