@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from gradprom.platform.loop import default_run_name
 from gradprom.platform.metrics import task_metric_name
 from gradprom.platform.rundir import RunDir, now_iso, versions, write_parquet
 
-from .config import FedConfig, build_federation, federation_dict, from_run_config, save_federation
+from .config import build_federation, federation_dict, from_run_config, save_federation
 from .partition import describe_sites, load_dataset
 from .records import RoundsRecorder
 from .server_gate import apply_to_weights, gate_aggregate, weighted_pair
@@ -139,9 +138,8 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
     strategy = build_strategy(fed.strategy, recorder, min_nodes=fed.min_answers, fraction_train=fed.fraction_train,
                               evaluate_sites=fed.evaluate_sites,
                               round_offset=done, server_gate=hook, proximal_mu=fed.proximal_mu,
-                              eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau)
-    if fed.record_updates:
-        _record_updates(strategy, run)
+                              eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau,
+                              updates_dir=run.path / "updates" if fed.record_updates else None)
 
     def evaluate_fn(server_round: int, record: ArrayRecord) -> MetricRecord | None:
         """Server-side evaluation of the global model each round; then the tables and the checkpoint."""
@@ -187,25 +185,6 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
     except BaseException as e:
         run.write_run(status="failed", end=now_iso(), error=f"{type(e).__name__}: {e}")
         raise
-
-
-def _record_updates(strategy, run: RunDir) -> None:
-    """Debugging/tests: keep each site's returned weights per round (updates/round-<r>/<site>.pt)."""
-    inner = strategy.aggregate_train
-
-    def aggregate_train(server_round, replies):
-        replies = list(replies)
-        rnd = server_round + strategy.round_offset
-        for msg in replies:
-            if not msg.has_error():
-                m = next(iter(msg.content.metric_records.values()))
-                site = f"hospital-{int(m['site'])}"
-                state = {k: torch.as_tensor(np.array(a.numpy())) for k, a in msg.content["arrays"].items()}
-                save_checkpoint(run.path / "updates" / f"round-{rnd}" / f"{site}.pt",
-                                {"arrays": state, "num_examples": int(m["num-examples"])})
-        return inner(server_round, replies)
-
-    strategy.aggregate_train = aggregate_train
 
 
 def make_server_app(raw: dict[str, Any] | None = None, run_path: str | Path | None = None,

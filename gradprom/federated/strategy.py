@@ -11,12 +11,16 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+
+from gradprom.platform.checkpoint import save_checkpoint
 
 from .partition import site_name
 from .records import RoundsRecorder
@@ -56,9 +60,11 @@ class RecordingMixin:
     round_offset: int
     server_gate: Callable[[int, ArrayRecord, list[tuple[np.ndarray, np.ndarray]], list[float]], ArrayRecord] | None
 
-    def setup_recording(self, recorder: RoundsRecorder, round_offset: int = 0, server_gate=None) -> None:
-        """Attach the recorder (and the server gate, for `gate_level: server`)."""
+    def setup_recording(self, recorder: RoundsRecorder, round_offset: int = 0, server_gate=None,
+                        updates_dir: Path | None = None) -> None:
+        """Attach the recorder (and the server gate, for `gate_level: server`; the updates folder, if kept)."""
         self.recorder, self.round_offset, self.server_gate = recorder, round_offset, server_gate
+        self.updates_dir = updates_dir
         self.node_sites: dict[int, str] = {}
         self.sampled: dict[int, list[int]] = {}
         self.round_start: dict[int, ArrayRecord] = {}
@@ -100,6 +106,10 @@ class RecordingMixin:
             rec: ArrayRecord = msg.content["arrays"]
             metrics = dict(next(iter(msg.content.metric_records.values())))
             arrays = {k: a.numpy() for k, a in rec.items()}
+            if self.updates_dir is not None:  # debugging and tests: the reply exactly as it arrived
+                save_checkpoint(self.updates_dir / f"round-{rnd}" / f"{site}.pt",
+                                {"arrays": {k: torch.as_tensor(np.array(v)) for k, v in arrays.items()},
+                                 "num_examples": int(metrics["num-examples"])})
             if not all_finite(arrays):
                 self.recorder.site_row(rnd, site, "rejected", "non-finite weights (NaN/Inf); not averaged in",
                                        metrics)
@@ -133,7 +143,8 @@ class RecordingMixin:
 
 
 def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fraction_train: float = 1.0,
-                   evaluate_sites: bool = True, round_offset: int = 0, server_gate=None, **params: Any):
+                   evaluate_sites: bool = True, round_offset: int = 0, server_gate=None,
+                   updates_dir: Path | None = None, **params: Any):
     """The Flower strategy `name` (fedavg | fedprox | fedadam | fedyogi), recording into `recorder`."""
     base = BASES[name]
     cls = type(f"Recorded{base.__name__}", (RecordingMixin, base), {})
@@ -145,7 +156,7 @@ def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fract
     elif name in ("fedadam", "fedyogi"):
         kwargs.update(eta=params["eta"], eta_l=params["eta_l"], tau=params["tau"])
     strategy = cls(**kwargs)
-    strategy.setup_recording(recorder, round_offset, server_gate)
+    strategy.setup_recording(recorder, round_offset, server_gate, updates_dir)
     return strategy
 
 

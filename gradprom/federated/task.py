@@ -21,7 +21,7 @@ from gradprom.platform.config import Config
 from gradprom.platform.datasets import DataInfo, EnhancementDataset
 from gradprom.platform.degradations import parse_degradation
 from gradprom.platform.loop import EpochStats, Models, build_models, evaluate_split, to_device, train_loader
-from gradprom.platform.strategies import Decision, ParamLayout, Strategy, make_strategy
+from gradprom.platform.strategies import Decision, ParamLayout, Strategy
 from gradprom.platform.step import TrainStep
 
 from .config import FedConfig

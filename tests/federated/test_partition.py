@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +98,23 @@ def test_describe_prints_the_sites_table_and_bad_input_exits_2(tmp_path):
     bad = subprocess.run([*gp, "federate", "--describe", "--strategy", "fedsgd"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "federated.strategy" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_store_with_sites_keeps_its_real_hospitals(tmp_path):
+    from gradprom.platform.phantoms import make_phantoms
+    from gradprom.platform.store_convert import convert
+
+    sizes = {"north": 12, "south": 7}
+    for seed, (site, n) in enumerate(sizes.items()):
+        arrays = {}
+        for split, k, off in (("train", n, 0), ("val", 4, 1000), ("test", 4, 2000)):
+            ph = make_phantoms(k, seed, 32, 3, 0.06, off)
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = ph.images[:, 0], ph.labels
+        np.savez(tmp_path / f"{site}.npz", **arrays)
+        convert(tmp_path / f"{site}.npz", tmp_path / "store", site=site, progress=False)
+    raw = {**TINY, "data": {**TINY["data"], "source": str(tmp_path / "store")}}
+    cfg, f = build_federation({**raw, "federated": {"hospitals": 2, "use_store_sites": True}})
+    assert [len(load_site(cfg, f, k).train) + len(load_site(cfg, f, k).val) for k in range(2)] == [12, 7]
+    cfg, f = build_federation({**raw, "federated": {"hospitals": 3, "use_store_sites": True}})
+    with pytest.raises(ConfigError, match="the store has 2 sites"):
+        load_site(cfg, f, 0)
