@@ -53,7 +53,7 @@ def register(sub) -> None:
                    "optional `tune:` section")
     for flag, (field, _, help_) in {**TUNE_FLAGS, **BASE_FLAGS}.items():
         where = f"tune.{field}" if flag in TUNE_FLAGS else field
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar=flag.split("_")[-1].upper(),
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar=_metavar(flag),
                        help=f"{help_} [{where}]")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                    help="set any field, e.g. --set model.enhancer=basicunet or --set tune.grace_period=2")
@@ -73,6 +73,15 @@ def register(sub) -> None:
     r.add_argument("dir", metavar="DIR", help="the experiment directory")
     r.add_argument("--top", type=int, default=5, help="trials to list (default 5)")
     r.set_defaults(func=cmd_report)
+
+
+def _metavar(flag: str) -> str:
+    field, typ, _ = {**TUNE_FLAGS, **BASE_FLAGS}[flag]
+    if field in ("tau", "lambda_e", "lambda_r", "lr"):
+        return "LO,HI"
+    if field in LIST_FIELDS:
+        return "A,B,..."
+    return "N" if typ in (int, float) else "NAME"
 
 
 def _typed(flag: str, table: dict[str, tuple[str, type, str]], value: str) -> Any:

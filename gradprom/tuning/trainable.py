@@ -5,6 +5,10 @@ per-epoch hook, so ASHA can stop the trial between epochs. `workers_per_trial: N
 (N workers) from the trial and forwards rank 0's per-epoch reports with Ray's `TuneReportCallback`: the
 Train-in-Tune pattern of Ray 2.55 (a TorchTrainer handed straight to a Tuner fails under Train V2).
 Each trial writes its run directory to `<experiment>/trials/<trial_id>/`.
+
+The last epoch is reported only after the run has tested its model and closed its directory: ASHA stops every
+trial that reaches max_epochs, and Tune stops a trial by ending its process, which would otherwise cut the
+run (and, with Ray Train, its workers' placement group) short.
 """
 
 from __future__ import annotations
@@ -63,11 +67,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], exp_dir: str, max
         if workers == 0:
             _train_local(cfg, run_path)
         else:
-            from ray.tune.integration.ray_train import TuneReportCallback
-
-            from gradprom.platform.ray_train import train_on_ray
-
-            train_on_ray(cfg, run_path=run_path, callbacks=[TuneReportCallback()])
+            _train_workers(cfg, run_path)
     except SystemExit:
         # the scheduler (ASHA) stopped the trial: tune.report raises SystemExit in the trial's thread
         RunDir(run_path).write_run(status="stopped", end=now_iso(), error="stopped early by the scheduler (ASHA)")
@@ -91,8 +91,41 @@ def _train_local(cfg, run_path: Path) -> None:
             tune.report(metrics)
 
     train(cfg, run_path=run_path, progress=False, on_epoch=report)
-    if last:
+    _report_last(last)
+
+
+def _report_last(metrics: dict[str, Any]) -> None:
+    from ray import tune
+
+    if metrics:
         try:
-            tune.report(last)
+            tune.report(metrics)
         except SystemExit:  # stopped at max_epochs: the run is complete, nothing is lost
             pass
+
+
+def _train_workers(cfg, run_path: Path) -> None:
+    """The Ray Train runner on N workers; rank 0's reports reach Tune through `TuneReportCallback`, except the
+    last epoch's, which is reported from the run directory once the run has tested its model (see above)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gradprom.platform.ray_train import train_on_ray
+
+    class HoldLastEpoch(TuneReportCallback):
+        """TuneReportCallback that does not forward the last epoch's report."""
+
+        def __init__(self, last_epoch: int) -> None:
+            super().__init__()
+            self.last_epoch = last_epoch
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0].get("epoch") == self.last_epoch:
+                return
+            super().after_report(run_context, metrics, checkpoint)
+
+    last_epoch = cfg.optim.epochs - 1
+    train_on_ray(cfg, run_path=run_path, callbacks=[HoldLastEpoch(last_epoch)])
+    rows = [r for r in RunDir(run_path).read_epochs() if r["epoch"] == last_epoch]
+    train_row = next(r for r in rows if r["split"] == "train")
+    val_row = next(r for r in rows if r["split"] == "val")
+    _report_last(epoch_metrics(cfg.task, last_epoch, train_row, val_row))
