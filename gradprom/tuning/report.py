@@ -88,9 +88,11 @@ def plot(out_dir: Path, rows: list[dict[str, Any]], finals: dict[str, dict[str, 
                 run = y if run is None else (max(run, y) if mo == "max" else min(run, y))
             best.append(run)
         ax.step(xs, [math.nan if b is None else b for b in best], where="post", color="k", lw=1, label="best so far")
-        ax.set_xlabel("trial")
+        ax.set_xlabel("trial (in order of its first report)")
         ax.set_ylabel(m)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, out_dir / "objective.png")
     written.append(out_dir / "objective.png")
     # --- tau against each objective ---------------------------------------------------------------------
@@ -101,6 +103,7 @@ def plot(out_dir: Path, rows: list[dict[str, Any]], finals: dict[str, dict[str, 
             ax.scatter([p[0] for p in pts], [p[1] for p in pts])
             ax.set_xlabel("tau (gate threshold)")
             ax.set_ylabel(m)
+        fig.tight_layout()
         save_figure(fig, out_dir / "tau.png")
         written.append(out_dir / "tau.png")
     # --- the Pareto front of the first two objectives ----------------------------------------------------
@@ -114,6 +117,7 @@ def plot(out_dir: Path, rows: list[dict[str, Any]], finals: dict[str, dict[str, 
         ax.set_xlabel(f"{metrics[0]} ({modes[0]})")
         ax.set_ylabel(f"{metrics[1]} ({modes[1]})")
         ax.legend(fontsize=7)
+        fig.tight_layout()
         save_figure(fig, out_dir / "pareto.png")
         written.append(out_dir / "pareto.png")
     return written
