@@ -74,9 +74,11 @@ class FedConfig(BaseModel):
     # client-side evaluation of each new global model on every site's own split (eval_* columns); off saves one
     # message per site and round (in a real deployment each message starts a ClientApp process)
     evaluate_sites: bool = True
-    # a round completes when at least this many sites answered (None = all hospitals for the first
-    # round's sampling, then whoever answers); Flower also waits for this many connected sites
+    # sites that must be connected before a round starts (Flower's min_available/min_train nodes; None = all)
     min_nodes: int | None = Field(None, ge=1)
+    # a round updates the global model only when at least this many sites answered with usable weights;
+    # otherwise the global model stays as it was and the round's global row is `failed`
+    min_answers: int = Field(1, ge=1)
     round_timeout_s: float = Field(600.0, gt=0.0)
     # --- runtime -----------------------------------------------------------------------------------------
     cpus_per_client: float = Field(1.0, gt=0.0)  # simulation: Ray CPUs per ClientApp
@@ -98,13 +100,15 @@ class FedConfig(BaseModel):
         for f in self.faults:
             if f.site >= self.hospitals:
                 raise ValueError(f"`federated.faults` names site {f.site}, but there are {self.hospitals} hospitals")
+        if self.min_answers > self.hospitals:
+            raise ValueError(f"`federated.min_answers` ({self.min_answers}) exceeds `hospitals` ({self.hospitals})")
         if self.min_nodes is not None and self.min_nodes > self.hospitals:
             raise ValueError(f"`federated.min_nodes` ({self.min_nodes}) exceeds `hospitals` ({self.hospitals})")
         return self
 
     @property
-    def min_answers(self) -> int:
-        """Sites a round needs (defaults to all hospitals)."""
+    def min_connected(self) -> int:
+        """Sites that must be connected before a round starts (defaults to all hospitals)."""
         return self.min_nodes or self.hospitals
 
 

@@ -77,12 +77,14 @@ class RoundsRecorder:
                     row[f"eval_{k}"] = _num(metrics.get(k))
 
     def global_row(self, rnd: int, metrics: dict[str, float], gate_open: float | None,
-                   gate_cos: float | None) -> dict[str, Any]:
+                   gate_cos: float | None, aggregated: bool = True, needed: int = 1) -> dict[str, Any]:
         """The global model's row: server-side evaluation, and the server gate's decision."""
         ok = [r for r in self.rows if r["round"] == rnd and r["status"] == "ok" and r["site"] != "global"]
-        row: dict[str, Any] = {"round": rnd, "site": "global", "status": "ok" if ok else "failed",
-                               "error": None if ok else "no site answered this round; the global model is unchanged",
-                               "num_examples": sum(r["num_examples"] or 0 for r in ok), "time": self.now(),
+        error = None if aggregated else (f"{len(ok)} site(s) answered with usable weights, {needed} needed "
+                                         f"(federated.min_answers); the global model is unchanged")
+        row: dict[str, Any] = {"round": rnd, "site": "global", "status": "ok" if aggregated else "failed",
+                               "error": error, "time": self.now(),
+                               "num_examples": sum(r["num_examples"] or 0 for r in ok) if aggregated else 0,
                                "server_gate_open": gate_open, "server_cos": gate_cos}
         for k in (*QUALITY, *task_columns(self.task), "psnr_input", "loss_e", "loss_r"):
             row[k] = _num(metrics.get(k))

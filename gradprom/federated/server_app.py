@@ -135,11 +135,11 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
     recorder = RoundsRecorder(run, cfg.task, rows, elapsed)
     gate_info: dict[int, tuple[float, float]] = {}
     hook = _server_gate(cfg, models, gate_info) if fed.gate_level == "server" else None
-    strategy = build_strategy(fed.strategy, recorder, min_nodes=fed.min_answers, fraction_train=fed.fraction_train,
-                              evaluate_sites=fed.evaluate_sites,
-                              round_offset=done, server_gate=hook, proximal_mu=fed.proximal_mu,
-                              eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau,
-                              updates_dir=run.path / "updates" if fed.record_updates else None)
+    strategy = build_strategy(fed.strategy, recorder, min_nodes=fed.min_connected, min_answers=fed.min_answers,
+                              fraction_train=fed.fraction_train, evaluate_sites=fed.evaluate_sites,
+                              round_offset=done, server_gate=hook,
+                              updates_dir=run.path / "updates" if fed.record_updates else None,
+                              proximal_mu=fed.proximal_mu, eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau)
 
     def evaluate_fn(server_round: int, record: ArrayRecord) -> MetricRecord | None:
         """Server-side evaluation of the global model each round; then the tables and the checkpoint."""
@@ -149,7 +149,8 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
         glob = from_record(record)
         val = evaluate_arrays(cfg, info, glob, held["val"])
         g_open, g_cos = gate_info.get(rnd, (None, None))
-        row = recorder.global_row(rnd, val, g_open, g_cos)
+        recorder.global_row(rnd, val, g_open, g_cos, aggregated=strategy.aggregated.get(rnd, 0) > 0,
+                            needed=fed.min_answers)
         recorder.write()
         site_rows = [r for r in recorder.rows if r["round"] == rnd and r["site"] != "global" and r["status"] == "ok"]
         gate_rate = g_open if g_open is not None else _weighted(site_rows, "gate_open_rate")

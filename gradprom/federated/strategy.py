@@ -61,14 +61,15 @@ class RecordingMixin:
     server_gate: Callable[[int, ArrayRecord, list[tuple[np.ndarray, np.ndarray]], list[float]], ArrayRecord] | None
 
     def setup_recording(self, recorder: RoundsRecorder, round_offset: int = 0, server_gate=None,
-                        updates_dir: Path | None = None) -> None:
+                        updates_dir: Path | None = None, min_answers: int = 1) -> None:
         """Attach the recorder (and the server gate, for `gate_level: server`; the updates folder, if kept)."""
         self.recorder, self.round_offset, self.server_gate = recorder, round_offset, server_gate
+        self.min_answers = min_answers
+        self.aggregated: dict[int, int] = {}  # round -> sites averaged in (0: the global model was kept)
         self.updates_dir = updates_dir
         self.node_sites: dict[int, str] = {}
         self.sampled: dict[int, list[int]] = {}
         self.round_start: dict[int, ArrayRecord] = {}
-        self.last_gate: tuple[float | None, float | None] = (None, None)
 
     def _site_of(self, msg: Message) -> str:
         node = msg.metadata.src_node_id
@@ -127,8 +128,13 @@ class RecordingMixin:
                 site = self.node_sites.get(node, f"node-{node}")
                 self.recorder.site_row(rnd, site, "failed", "no reply within the round timeout")
                 log.warning("round %d: %s did not answer in time", rnd, site)
+        if len(keep) < self.min_answers:
+            log.warning("round %d: %d usable replies, %d needed (federated.min_answers); the global model is kept",
+                        rnd, len(keep), self.min_answers)
+            self.aggregated[rnd] = 0
+            return None, None
+        self.aggregated[rnd] = len(keep)
         arrays, metrics = super().aggregate_train(server_round, keep)
-        self.last_gate = (None, None)
         if arrays is not None and self.server_gate is not None and pairs:
             arrays = self.server_gate(rnd, self.round_start[server_round], arrays, pairs, weights)
         return arrays, metrics
@@ -144,7 +150,7 @@ class RecordingMixin:
 
 def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fraction_train: float = 1.0,
                    evaluate_sites: bool = True, round_offset: int = 0, server_gate=None,
-                   updates_dir: Path | None = None, **params: Any):
+                   updates_dir: Path | None = None, min_answers: int = 1, **params: Any):
     """The Flower strategy `name` (fedavg | fedprox | fedadam | fedyogi), recording into `recorder`."""
     base = BASES[name]
     cls = type(f"Recorded{base.__name__}", (RecordingMixin, base), {})
@@ -156,7 +162,7 @@ def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fract
     elif name in ("fedadam", "fedyogi"):
         kwargs.update(eta=params["eta"], eta_l=params["eta_l"], tau=params["tau"])
     strategy = cls(**kwargs)
-    strategy.setup_recording(recorder, round_offset, server_gate, updates_dir)
+    strategy.setup_recording(recorder, round_offset, server_gate, updates_dir, min_answers)
     return strategy
 
 

@@ -1,5 +1,7 @@
-"""Faults: 4 hospitals under FedProx; one crashes in round 2 and rejoins, one sends NaN weights in round 3,
-one has no data file at all. The federation is stopped with Ctrl-C after a round and resumed with --resume."""
+"""Faults: 4 hospitals under FedProx, `min_answers: 2`; hospital-3 has no data file at all; hospitals 1 and 2
+crash in round 2 (one usable reply: the global model is kept), both rejoin; hospital-2 sends NaN weights in
+round 3 (rejected, the other two are averaged). The federation is stopped with Ctrl-C after a round and
+resumed with --resume."""
 
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ def _wait_for_checkpoint(run: RunDir, proc, timeout: float = 300) -> None:
 
 def test_crash_nan_and_missing_data_are_recorded_and_a_stopped_federation_resumes(tmp_path):
     missing = tmp_path / "nowhere" / "hospital-3.npz"
-    cfg = tiny(tmp_path / "runs", "faults", hospitals=4, rounds=ROUNDS, min_nodes=2, strategy="fedprox",
+    cfg = tiny(tmp_path / "runs", "faults", hospitals=4, rounds=ROUNDS, min_answers=2, strategy="fedprox",
                proximal_mu=0.1, sites={3: {"data": str(missing)}},
-               faults=[{"site": 1, "round": 2, "kind": "crash"}, {"site": 2, "round": 3, "kind": "nan"}])
+               faults=[{"site": 1, "round": 2, "kind": "crash"}, {"site": 2, "round": 2, "kind": "crash"},
+                       {"site": 2, "round": 3, "kind": "nan"}])
     (tmp_path / "faults.yaml").write_text(yaml.safe_dump(cfg))
     run = RunDir(tmp_path / "runs" / "faults")
 
@@ -66,10 +69,19 @@ def test_crash_nan_and_missing_data_are_recorded_and_a_stopped_federation_resume
     for n in range(1, ROUNDS + 1):
         miss = by[(n, "hospital-3")]
         assert miss["status"] == "failed" and "hospital-3" in miss["error"] and str(missing) in miss["error"]
-        assert by[(n, "global")]["status"] == "ok" and by[(n, "hospital-0")]["status"] == "ok"
-    crash = by[(2, "hospital-1")]
-    assert crash["status"] == "failed" and "injected crash" in crash["error"] and crash["psnr"] is None
+        assert by[(n, "hospital-0")]["status"] == "ok"
+        assert by[(n, "global")]["status"] == ("failed" if n == 2 else "ok")
+    for site in ("hospital-1", "hospital-2"):
+        crash = by[(2, site)]
+        assert crash["status"] == "failed" and "injected crash" in crash["error"] and crash["psnr"] is None
     assert [by[(n, "hospital-1")]["status"] for n in (1, 3, 4)] == ["ok", "ok", "ok"]  # it rejoined
+    assert by[(4, "hospital-2")]["status"] == "ok"
+    # round 2: one usable reply, two needed -> the global model was kept (same held-out metrics as round 1)
+    kept = by[(2, "global")]
+    assert kept["num_examples"] == 0 and "min_answers" in kept["error"]
+    val = {r["epoch"]: r for r in run.read_epochs() if r["split"] == "val"}
+    assert val[2]["psnr"] == val[1]["psnr"] and val[2]["ssim"] == val[1]["ssim"]
+    assert val[3]["psnr"] != val[2]["psnr"]
     nan = by[(3, "hospital-2")]
     assert nan["status"] == "rejected" and "non-finite" in nan["error"]
     # the global model of round 3 averaged only the two sites whose weights were accepted
