@@ -20,8 +20,8 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-# where a run directory keeps things that are not runs: never descend into these
-_NOT_RUNS = {"steps", "checkpoints", "figures", "best", "ray", "report", "__pycache__"}
+# what a run directory keeps beside its nested runs (a Tune experiment's trials/): never searched for runs
+_NOT_RUNS = {"steps", "checkpoints", "figures", "best", "ray", "tune", "report", "__pycache__"}
 MAX_DEPTH = 4  # <runs>/<exp>/trials/<trial> is the deepest layout the platform writes
 
 
@@ -115,20 +115,21 @@ def find_runs(root: Path) -> list[Run]:
     if not root.is_dir():
         return runs
 
-    def walk(d: Path, depth: int) -> None:
+    def walk(d: Path, depth: int, in_run: bool) -> None:
         try:
             children = sorted(c for c in d.iterdir() if c.is_dir() and not c.is_symlink())
         except OSError:
             return
         for c in children:
-            if c.name.startswith(".") or c.name in _NOT_RUNS:
+            if c.name.startswith(".") or (in_run and c.name in _NOT_RUNS):
                 continue
-            if (c / "run.json").is_file():
+            is_run = (c / "run.json").is_file()
+            if is_run:
                 runs.append(load_run(root, c))
             if depth < MAX_DEPTH:
-                walk(c, depth + 1)
+                walk(c, depth + 1, is_run)
 
-    walk(root, 1)
+    walk(root, 1, False)
     runs.sort(key=lambda r: (str(r.info.get("start") or ""), r.id), reverse=True)
     return runs
 

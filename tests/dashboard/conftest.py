@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from . import _contract_tables
+from . import _contract_tables, _real_layers
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
@@ -28,7 +28,8 @@ TINY = {"data": {"num_train": 64, "num_val": 16, "num_test": 16, "image_size": 3
         "run": {"device": "cpu", "num_threads": 1}}
 LOCAL_RUNS = {"joint-global": {"gradprom": {"strategy": "joint"}},
               "gradprom-layer": {"gradprom": {"strategy": "gradprom", "granularity": "layer", "tau": 0.05}}}
-FED_NAME, TUNE_NAME = "fed-contract", "tune-contract"
+FED_NAME, TUNE_NAME = "fed-contract", "tune-contract"  # tables written by _contract_tables
+FED_REAL, TUNE_REAL = "fed-real", "tune-real"  # tiny real `gradprom federate` / `gradprom tune` runs
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -49,11 +50,15 @@ def train_tiny(out: Path, name: str, extra: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def runs_root(tmp_path_factory) -> Path:
-    """Two real local runs (joint, and GradProm in layer granularity) plus a federation and a Tune experiment
-    written to the tables contract by `_contract_tables` (until those layers' commands are wired in here)."""
+    """Two real local runs (joint, and GradProm in layer granularity), a tiny real federation and a tiny real
+    Tune experiment (each trial also a run directory), plus a federation and an experiment written to the
+    tables contract by `_contract_tables`, for what tiny real runs do not show (failed and rejected hospitals,
+    a Pareto front of several trials, an errored and an early-stopped trial)."""
     root = tmp_path_factory.mktemp("runs")
     for name, extra in LOCAL_RUNS.items():
         train_tiny(root, name, extra)
+    work = tmp_path_factory.mktemp("layers")
+    _real_layers.run_both(root, FED_REAL, TUNE_REAL, work)
     _contract_tables.write_federation(root / FED_NAME)
     _contract_tables.write_tune(root / TUNE_NAME)
     return root

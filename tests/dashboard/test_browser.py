@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ._page import figure, rows, shown, trace, wait_figure, wait_rows
-from .conftest import FED_NAME, LOCAL_RUNS, TUNE_NAME, screenshot
+from .conftest import FED_NAME, FED_REAL, LOCAL_RUNS, TUNE_NAME, TUNE_REAL, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +18,11 @@ def _val(path) -> list[dict]:
 
 
 def test_runs_view_shows_every_run_filters_and_compares(dashboard, page, runs_root):
+    trial_runs = {f"{TUNE_REAL}/trials/{p.name}" for p in (runs_root / TUNE_REAL / "trials").iterdir()}
+    expected = {*LOCAL_RUNS, FED_NAME, TUNE_NAME, FED_REAL, TUNE_REAL, *trial_runs}
     page.goto(dashboard.url + "/")
-    table = {r["name"]: r for r in wait_rows(page, "runs-table", 4)}
-    assert set(table) == {*LOCAL_RUNS, FED_NAME, TUNE_NAME}
+    table = {r["name"]: r for r in wait_rows(page, "runs-table", len(expected))}
+    assert set(table) == expected and table[FED_REAL]["kind"] == "federated" and table[TUNE_REAL]["kind"] == "tune"
     for name, extra in LOCAL_RUNS.items():
         val, row = _val(runs_root / name), table[name]
         assert (row["kind"], row["status"], row["strategy"]) == ("local", "finished", extra["gradprom"]["strategy"])
@@ -39,7 +41,7 @@ def test_runs_view_shows_every_run_filters_and_compares(dashboard, page, runs_ro
     assert [r["name"] for r in wait_rows(page, "runs-table", 1)] == ["joint-global"]
     box.fill("")
     box.press("Enter")
-    shown_rows = wait_rows(page, "runs-table", 4)
+    shown_rows = wait_rows(page, "runs-table", len(expected))
 
     # tick the two local runs: their validation curves appear side by side
     for i, r in enumerate(shown_rows):
@@ -94,13 +96,14 @@ def test_run_view_curves_gate_heatmap_samples(dashboard, page, runs_root, name):
     assert not page.errors
 
 
-def test_tuning_view(dashboard, page, runs_root):
-    exp = runs_root / TUNE_NAME
+@pytest.mark.parametrize("name", [TUNE_REAL, TUNE_NAME])
+def test_tuning_view(dashboard, page, runs_root, name):
+    exp = runs_root / name
     trials = pq.read_table(exp / "trials.parquet").to_pylist()
     last = {}
     for r in trials:
         last[r["trial_id"]] = r
-    page.goto(f"{dashboard.url}/tuning/{TUNE_NAME}")
+    page.goto(f"{dashboard.url}/tuning/{name}")
     cells = {r["trial_id"]: r for r in wait_rows(page, "tune-trials-table", len(last))}
     for tid, want in last.items():
         got = cells[tid]
@@ -115,18 +118,24 @@ def test_tuning_view(dashboard, page, runs_root):
     assert [shown(x) for x in trace(tau, "τ vs psnr")["x"]] == [shown(r["config/tau"]) for r in last.values()]
     obj = figure(page, "tune-objective")
     assert [shown(y) for y in trace(obj, "psnr")["y"]] == [shown(r["psnr"]) for r in last.values()]
-    best_text = page.locator(".best-config").first.inner_text()
-    assert yaml.safe_load(best_text) == yaml.safe_load((exp / "best" / "best.yaml").read_text())
-    screenshot(page, "tuning")
+    best = sorted((exp / "best").glob("*.yaml"), key=lambda p: (p.name != "best.yaml", p.name))
+    page.wait_for_selector(".best-config")
+    texts = [t.inner_text() for t in page.locator(".best-config").all()]
+    assert [yaml.safe_load(t) for t in texts] == [yaml.safe_load(p.read_text()) for p in best]
+    screenshot(page, f"tuning-{name}")
     assert not page.errors
 
 
-def test_federation_view(dashboard, page, runs_root):
-    fed = runs_root / FED_NAME
+@pytest.mark.parametrize("name", [FED_REAL, FED_NAME])
+def test_federation_view(dashboard, page, runs_root, name):
+    fed = runs_root / name
     rounds = pq.read_table(fed / "rounds.parquet").to_pylist()
-    page.goto(f"{dashboard.url}/federation/{FED_NAME}")
-    sites = wait_rows(page, "fed-sites-table", 3)
-    assert [r["site"] for r in sites] == ["hospital-0", "hospital-1", "hospital-2"]
+    want_sites = pq.read_table(fed / "sites.parquet").to_pylist()
+    page.goto(f"{dashboard.url}/federation/{name}")
+    sites = wait_rows(page, "fed-sites-table", len(want_sites))
+    assert [r["site"] for r in sites] == [r["site"] for r in want_sites]
+    assert [int(r["num_train"]) for r in sites] == [r["num_train"] for r in want_sites]
+    order = sorted(r["site"] for r in want_sites)  # the heat map's rows
     cells = wait_rows(page, "fed-rounds-table", len(rounds))
     got = {(int(r["round"]), r["site"]): r for r in cells}
     for want in rounds:
@@ -143,12 +152,13 @@ def test_federation_view(dashboard, page, runs_root):
     z = heat["data"][0]["z"]
     for r in rounds:
         if r["site"] != "global":
-            v = z[int(r["site"].split("-")[1])][r["round"] - 1]
+            v = z[order.index(r["site"])][r["round"] - 1]
             assert v == (shown(r["gate_open_rate"]) if r["status"] == "ok" else None)
     glob = wait_figure(page, "fed-global", "f.data.length >= 2")
     assert [shown(y) for y in trace(glob, "psnr")["y"]] == [shown(r["psnr"]) for r in rounds if r["site"] == "global"]
     curves = wait_figure(page, "fed-curves", "f.data.length >= 4")
     h0 = [t for t in curves["data"] if t["name"] == "hospital-0"][0]
-    assert [shown(y) for y in h0["y"]] == [shown(r["psnr"]) for r in rounds if r["site"] == "hospital-0"]
-    screenshot(page, "federation")
+    assert [shown(y) for y in h0["y"]] == [shown(r["psnr"]) for r in rounds
+                                            if r["site"] == "hospital-0" and r["status"] == "ok"]
+    screenshot(page, f"federation-{name}")
     assert not page.errors

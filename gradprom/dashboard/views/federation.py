@@ -94,7 +94,8 @@ def failures_figure(rows: list[dict[str, Any]]) -> go.Figure:
         fig.add_trace(go.Bar(x=rounds, y=counts, name=status, marker={"color": color}))
     fig.update_layout(template="plotly_white", barmode="stack", height=260, uirevision="keep",
                       title="failed (crashed, timed out, missing data) and rejected (non-finite) replies per round",
-                      xaxis_title="round", xaxis={"dtick": 1}, yaxis={"dtick": 1}, margin={"t": 40})
+                      xaxis_title="round", xaxis={"dtick": 1}, yaxis={"dtick": 1, "rangemode": "tozero"},
+                      margin={"t": 40})
     return fig
 
 
@@ -144,7 +145,7 @@ def register(app, root: Path) -> None:
         info = run.info
         summary = html.P(f"status {info.get('status', '')} · {info.get('hospitals', '?')} hospitals · round "
                          f"{max((r['round'] for r in rows), default=0)} of {info.get('rounds', '?')} · "
-                         f"{info.get('fl_strategy', '')} · gate on the {info.get('gate_level', '?')}", id="fed-status")
+                         f"{info.get('fl_strategy', '')} · gate level {info.get('gate_level', '?')}", id="fed-status")
         sites = [{k: cell(v) for k, v in r.items()} for r in (sites_t.to_pylist() if sites_t is not None else [])]
         cols = [c for c in ROUND_COLUMNS if any(c in r for r in rows)]
         shown = sorted(rows, key=lambda r: (-(r.get("round") or 0), r.get("site") == GLOBAL, str(r.get("site"))))

@@ -12,9 +12,9 @@ from dash.exceptions import PreventUpdate
 from plotly.subplots import make_subplots
 
 from ..discover import Run, get_run, read_table, signature
-from .common import cell, data_table, file_url, graph, message_figure, notice, notice_box, num
+from .common import cell, data_table, file_url, href, graph, message_figure, notice, notice_box, num
 
-_ORDER = ["trial_id", "status", "epochs", "stopped_early"]
+_ORDER = ["trial_id", "run", "status", "epochs", "stopped_early"]
 
 
 def layout(exp_id: str, interval_ms: int) -> html.Div:
@@ -40,7 +40,7 @@ def objectives(run: Run) -> tuple[list[str], list[str]]:
     """The experiment's objective metrics and their modes (max | min) from run.json."""
     metrics = run.info.get("metrics") or [run.info.get("objective") or "psnr"]
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    modes = run.info.get("mode") or "max"
+    modes = run.info.get("modes") or run.info.get("mode") or "max"
     modes = [modes] * len(metrics) if isinstance(modes, str) else list(modes)
     return metrics, (modes + ["max"] * len(metrics))[: len(metrics)]
 
@@ -56,8 +56,14 @@ def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(last.values())
 
 
-def trials_table(latest: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Rows and columns of the trials table: id, status, epochs, stopped early, config/*, metrics."""
+def trials_table(latest: list[dict[str, Any]], run: Run | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Rows and columns of the trials table: id, its run page, status, epochs, stopped early, config/*, metrics."""
+    if run is not None:  # a trial that wrote an ordinary run directory links to its run page
+        for r in latest:
+            tid = str(r.get("trial_id"))
+            if (run.path / "trials" / tid / "run.json").is_file():
+                r["run"] = f"[run]({href('local', f'{run.id}/trials/{tid}')})"
     keys = list(dict.fromkeys(k for r in latest for k in r))
     cols = [k for k in _ORDER if k in keys] + [k for k in keys if k.startswith("config/")]
     cols += [k for k in keys if k not in cols and k not in ("epoch", "training_iteration")]
@@ -65,7 +71,7 @@ def trials_table(latest: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
     for r in rows:
         if isinstance(r.get("stopped_early"), bool):
             r["stopped_early"] = "yes" if r["stopped_early"] else "no"
-    return rows, [{"id": c, "name": c} for c in cols]
+    return rows, [{"id": c, "name": c, **({"presentation": "markdown"} if c == "run" else {})} for c in cols]
 
 
 def objective_figure(latest: list[dict[str, Any]], metrics: list[str], modes: list[str]) -> go.Figure:
@@ -164,7 +170,7 @@ def register(app, root: Path) -> None:
             problems.append("no trials.parquet yet: the experiment has not reported a trial")
         latest = latest_rows(table.to_pylist() if table is not None else [])
         metrics, modes = objectives(run)
-        rows, columns = trials_table(latest)
+        rows, columns = trials_table(latest, run)
         status = run.info.get("status", "")
         summary = html.P(f"status {status} · objective {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))} "
                          f"· {len(latest)} of {run.info.get('num_trials', '?')} trials reported", id="tune-status")
