@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from gradprom.platform.errors import GradPromError
 
 from .config import FedConfig, build_federation, from_run_config
-from .partition import load_dataset, load_site, site_name
+from .partition import info_from_config, load_site, site_name
 from .strategy import from_record, to_record
 from .task import GATE_KEYS, evaluate_arrays, site_datasets, train_site
 
@@ -70,8 +70,8 @@ def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message
         conf = msg.content["config"]
         rnd = int(conf["server-round"]) + int(conf.get("round-offset", 0))
         fault = _inject_fault(fed, k, rnd)
-        site = load_site(cfg, fed, k, data_path)
-        _, info = load_dataset(cfg)
+        info = info_from_config(conf)  # the model's shape comes from the server: a site needs only its own data
+        site = load_site(cfg, fed, k, data_path, expect=info)
         res = train_site(cfg, fed, info, site, from_record(msg.content["arrays"]), rnd,
                          proximal_mu=float(conf.get("proximal-mu", 0.0)))
     except Exception as e:
@@ -90,8 +90,8 @@ def handle_evaluate(msg: Message, context: Context, raw: dict[str, Any]) -> Mess
     k, data_path = _site(context)
     try:
         cfg, fed = build_federation(raw, source="federation config")
-        site = load_site(cfg, fed, k, data_path)
-        _, info = load_dataset(cfg)
+        info = info_from_config(msg.content["config"])
+        site = load_site(cfg, fed, k, data_path, expect=info)
         _, val_ds = site_datasets(cfg, site, k)
         metrics = evaluate_arrays(cfg, info, from_record(msg.content["arrays"]), val_ds)
     except Exception as e:

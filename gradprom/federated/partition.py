@@ -129,22 +129,32 @@ def _store_site_indices(train: ImageSet, fed: FedConfig) -> list[np.ndarray]:
     return [np.flatnonzero(train.sites == s) for s in names]
 
 
-def load_site_file(path: str, cfg: Config, k: int) -> tuple[ImageSet, ImageSet]:
-    """A site's own .npz (train_* and val_* arrays): a DataError naming the site and the file otherwise."""
+def load_site_file(path: str, cfg: Config, k: int, expect: DataInfo | None = None) -> tuple[ImageSet, ImageSet]:
+    """A site's own .npz (train_* and val_* arrays): a DataError naming the site and the file otherwise, also
+    when its images or labels do not fit the federation's model (`expect`)."""
     try:
-        sets, _ = load_npz(path, cfg.task, cfg.data.val_fraction, cfg.seed)
+        sets, info = load_npz(path, cfg.task, cfg.data.val_fraction, cfg.seed)
     except DataError as e:
         raise DataError(f"{site_name(k)}: cannot use its data file {path!r}: {e}") from None
+    if expect is not None:
+        if (info.channels, info.image_size) != (expect.channels, expect.image_size):
+            raise DataError(f"{site_name(k)}: its data file {path!r} holds {info.channels}-channel "
+                            f"{info.image_size[0]}x{info.image_size[1]} images; the federation's model takes "
+                            f"{expect.channels}-channel {expect.image_size[0]}x{expect.image_size[1]} images.")
+        if info.num_outputs(cfg.task) > expect.num_outputs(cfg.task):
+            raise DataError(f"{site_name(k)}: its data file {path!r} has {info.num_outputs(cfg.task)} classes; the "
+                            f"federation's model has {expect.num_outputs(cfg.task)}.")
     return sets["train"], sets["val"]
 
 
-def load_site(cfg: Config, fed: FedConfig, k: int, data_path: str | None = None) -> Site:
-    """Site k's train/val images and degradation (its own file when one is given)."""
+def load_site(cfg: Config, fed: FedConfig, k: int, data_path: str | None = None,
+              expect: DataInfo | None = None) -> Site:
+    """Site k's train/val images and degradation (its own file when one is given, checked against `expect`)."""
     over = fed.sites.get(k)
     own = data_path or (over.data if over is not None else None)
     deg = site_degradation(cfg, fed, k)
     if own:
-        train, val = load_site_file(own, cfg, k)
+        train, val = load_site_file(own, cfg, k, expect)
         return Site(k, train, val, deg, own)
     sets, _ = load_dataset(cfg)
     train = sets["train"]
@@ -155,6 +165,18 @@ def load_site(cfg: Config, fed: FedConfig, k: int, data_path: str | None = None)
                               fed.dirichlet_alpha, fed.size_skew, cfg.seed)
     tr, va = _train_val(_take(train, parts[k]), fed.site_val_fraction, cfg.seed, k)
     return Site(k, tr, va, deg, f"partition of {cfg.data.source}")
+
+
+def info_to_config(info: DataInfo) -> dict[str, int]:
+    """What a site needs to build the federation's models, sent with every round (no central data needed)."""
+    return {"channels": info.channels, "height": info.image_size[0], "width": info.image_size[1],
+            "num-classes": info.num_classes, "seg-classes": info.seg_classes}
+
+
+def info_from_config(conf) -> DataInfo:
+    """The federation's DataInfo from a round's config (see info_to_config)."""
+    return DataInfo(int(conf["channels"]), (int(conf["height"]), int(conf["width"])), int(conf["num-classes"]),
+                    int(conf["seg-classes"]), "federation")
 
 
 def describe_sites(cfg: Config, fed: FedConfig) -> list[dict]:

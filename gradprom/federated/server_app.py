@@ -28,7 +28,7 @@ from gradprom.platform.metrics import task_metric_name
 from gradprom.platform.rundir import RunDir, now_iso, versions, write_parquet
 
 from .config import build_federation, federation_dict, from_run_config, save_federation
-from .partition import describe_sites, load_dataset
+from .partition import describe_sites, info_to_config, load_dataset
 from .records import RoundsRecorder
 from .server_gate import apply_to_weights, gate_aggregate, weighted_pair
 from .strategy import build_strategy, from_record, to_record
@@ -171,8 +171,10 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
     # --- the rounds ------------------------------------------------------------------------------------
     try:
         strategy.start(grid=grid, initial_arrays=to_record(arrays), num_rounds=fed.rounds - done,
-                       timeout=fed.round_timeout_s, train_config=ConfigRecord({"round-offset": done}),
-                       evaluate_config=ConfigRecord({"round-offset": done}), evaluate_fn=evaluate_fn)
+                       timeout=fed.round_timeout_s,
+                       train_config=ConfigRecord({"round-offset": done, **info_to_config(info)}),
+                       evaluate_config=ConfigRecord({"round-offset": done, **info_to_config(info)}),
+                       evaluate_fn=evaluate_fn)
         # --- the final global model (evaluate_fn loaded it into `models`) on the test split --------------
         test = evaluate_arrays(cfg, info, get_arrays(models), held["test"])
         epoch_rows.append({"epoch": fed.rounds, "split": "test", "step": fed.rounds, **test})

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from gradprom.federated.config import build_federation
 from gradprom.federated.export import export_sites
-from gradprom.federated.partition import describe_sites, load_site, split_indices
+from gradprom.federated.partition import (describe_sites, info_from_config, info_to_config, load_dataset, load_site,
+                                          split_indices)
 from gradprom.platform.errors import ConfigError, DataError
 
 from ._fed import TINY
@@ -54,6 +56,12 @@ def test_site_overrides_and_own_data_file(tmp_path):
     part = load_site(*fed(hospitals=2), 1)
     assert own.degradation == "lowdose" and own.source == str(paths[1])
     assert np.allclose(own.train.images, part.train.images, atol=1e-6) and len(own.val) == len(part.val)
+    # a file that does not fit the federation's model is refused, naming the site and the file
+    _, info = load_dataset(cfg)
+    assert load_site(cfg, f, 1, expect=info_from_config(info_to_config(info))).source == str(paths[1])
+    bigger = replace(info, image_size=(64, 64))
+    with pytest.raises(DataError, match=r"hospital-1: its data file .*hospital-1.npz.* 32x32 images.* 64x64"):
+        load_site(cfg, f, 1, expect=bigger)
 
 
 def test_missing_or_corrupt_site_data_names_the_site_and_the_file(tmp_path):
