@@ -21,9 +21,14 @@ def short_temp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="gpray-", dir="/tmp"))
 
 
-def head_args(temp: Path, gcs_port: int, dashboard_port: int, num_cpus: int = 2) -> list[str]:
+# the dashboard's modules get 30 s to start by default, which a loaded 2-core CI machine can exceed
+SLOW_START_ENV = {"RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT": "180"}
+
+
+def head_args(temp: Path, gcs_port: int, dashboard_port: int, num_cpus: int = 2, dashboard: bool = True) -> list[str]:
     """`ray start --head` arguments that touch no default port and no shared directory."""
-    return ["--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--include-dashboard=true",
+    return ["--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+            f"--include-dashboard={'true' if dashboard else 'false'}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
             f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ._cluster import cleanup, head_args, short_temp_dir
+from ._cluster import SLOW_START_ENV, cleanup, head_args, short_temp_dir
 from ._tiny import BIN, env, free_port, write_config
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,8 @@ def test_ray_job_submit_runs_a_tuning_job(tmp_path):
     temp = short_temp_dir()
     gcs, dash = free_port(), free_port()
     log = (tmp_path / "head.log").open("w")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--block", *head_args(temp, gcs, dash)], env=env(),
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--block", *head_args(temp, gcs, dash)],
+                            env={**env(), **SLOW_START_ENV},
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         from ray.job_submission import JobSubmissionClient

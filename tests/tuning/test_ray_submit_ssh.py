@@ -7,8 +7,8 @@ authorized_keys live in the test's tmp dir), points a copy of ray_cluster.yaml a
 What the copy changes, and why:
 - `auth`: the generated key; the launcher has no SSH-port field, so `ssh_proxy_command` relays to the port.
 - no file_mounts / setup_commands: the project is already installed here (setup is `scripts/setup.sh`).
-- `head_start_ray_commands`: the venv's `ray start --head` with free ports and a private temp dir, without the
-  `ray stop` in front (it stops every Ray instance on the machine, other users' included).
+- `head_start_ray_commands`: the venv's `ray start --head` with free ports, a private temp dir and no
+  dashboard, without the `ray stop` in front (it stops every Ray instance on the machine, other users' too).
 The test's sshd runs every session through a small ForceCommand script that exports GRADPROM_PYTHON (so the
 job script finds the project's interpreter, as it finds ~/gradprom/.venv on a real cluster) and turns the
 `ray stop` that `ray down` sends into stopping this test's head only.
@@ -93,7 +93,10 @@ def cluster_yaml(d: Path, port: int, temp: Path, gcs: int, dash: int) -> Path:
     cfg["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(d / "user_key"),
                    "ssh_proxy_command": f"{sys.executable} {d / 'relay.py'} 127.0.0.1 {port}"}
     cfg["file_mounts"], cfg["setup_commands"] = {}, []
-    cfg["head_start_ray_commands"] = [" ".join([str(BIN / "ray"), "start", *head_args(temp, gcs, dash)])]
+    # no dashboard: `ray submit` needs none (the job joins through the GCS port), and it is the slowest part to
+    # start on a loaded machine
+    start = [str(BIN / "ray"), "start", *head_args(temp, gcs, dash, dashboard=False)]
+    cfg["head_start_ray_commands"] = [" ".join(start)]
     cfg["worker_start_ray_commands"] = []
     path = d / "cluster.yaml"
     path.write_text(yaml.safe_dump(cfg))
