@@ -98,6 +98,9 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
+MARKERS = 800  # open / closed markers per state; every step is marked up to this many
+
+
 def gate_figure(steps: pa.Table | None, tau: float | None, epochs: list[dict[str, Any]]) -> go.Figure:
     """Cosine per step with τ drawn and open/closed marked, the open rate, and ‖g_e‖, ‖g_r‖ (down-sampled)."""
     if steps is None or steps.num_rows == 0:
@@ -113,7 +116,8 @@ def gate_figure(steps: pa.Table | None, tau: float | None, epochs: list[dict[str
         if "gate_open" in steps.column_names:
             g = _np(steps, "gate_open")
             for label, mask, color in (("open", g >= 0.5, "#2ca02c"), ("closed", g < 0.5, "#d62728")):
-                xs, ys = downsample.minmax(x[mask], cos[mask], downsample.MAX_POINTS // 2)
+                # markers are SVG nodes (lines are one path each): at most ~800 per state keeps the page fast
+                xs, ys = downsample.minmax(x[mask], cos[mask], MARKERS)
                 fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=label,
                                            marker={"color": color, "size": 4}), row=1, col=1)
         if tau is not None:
