@@ -5,8 +5,9 @@ for Tune's OptunaSearch) run one at a time:
   bare   an Optuna study in this process; each trial calls the engine's `train` and `trial.report`s per epoch
   tune   `gradprom tune`'s trainable on a private local Ray instance (one trial at a time, FIFO, no ASHA)
 and prints the wall time per trial of each and their ratio (target <= 1.10 once Ray has started); Ray's
-start-up is timed separately. The Tune side includes what a trial costs in Ray: a fresh worker process per
-trial (importing torch and MONAI), result reporting, experiment checkpoints and the trials table.
+start-up is timed separately. The Tune side is set up as `gradprom tune` sets it up (trial processes reused
+between trials, `reuse_actors=True`), and includes what a trial costs in Ray: the first trial's worker process
+(importing torch and MONAI), result reporting and Tune's experiment checkpoints.
 
 Usage: python benchmarks/tune_overhead.py [--trials 4] [--epochs 2] [--steps 16] [--size 32] [--train 256]
 Larger --steps makes each trial longer, so the fixed per-trial cost of Ray weighs less.
@@ -93,7 +94,7 @@ def run_tune(args: argparse.Namespace, out: Path) -> tuple[float, float]:
         search = OptunaSearch(metric="psnr", mode="max", seed=0, points_to_evaluate=points(args.trials))
         tuner = tune.Tuner(fn, param_space=param_space(TuneSpec()),
                            tune_config=tune.TuneConfig(search_alg=search, num_samples=args.trials,
-                                                       max_concurrent_trials=1),
+                                                       max_concurrent_trials=1, reuse_actors=True),
                            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=0))
         t1 = time.perf_counter()
         grid = tuner.fit()

@@ -125,7 +125,9 @@ def make_searcher(cfg: Config, spec: TuneSpec):
 
 
 def make_scheduler(cfg: Config, spec: TuneSpec):
-    """ASHA on one metric, per epoch (training_iteration), up to max_epochs."""
+    """ASHA on one metric, per epoch (training_iteration), up to max_epochs. It does not stop a trial for
+    reaching max_epochs (`stop_last_trials=False`): the trial ends by itself after its final test, so its
+    process stays clean for the next trial (`reuse_actors`)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if not spec.asha:
@@ -135,7 +137,7 @@ def make_scheduler(cfg: Config, spec: TuneSpec):
     metric = spec.scheduler_metric(cfg.task)
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=METRIC_MODES[metric],
                          max_t=spec.max_epochs, grace_period=min(spec.grace_period, spec.max_epochs),
-                         reduction_factor=spec.reduction_factor)
+                         reduction_factor=spec.reduction_factor, stop_last_trials=False)
 
 
 def connect(address: str | None, num_cpus: int | None, timeout_s: float = 60.0) -> bool:
@@ -174,7 +176,10 @@ def run(exp_dir: str | Path, *, resume: bool = False, address: str | None = None
             tuner = tune.Tuner(
                 trainable, param_space=param_space(spec),
                 tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, spec), scheduler=make_scheduler(cfg, spec),
-                                            num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent),
+                                            num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
+                                            # a finished trial's process runs the next one: no second start-up
+                                            # (importing torch and MONAI) per trial
+                                            reuse_actors=True),
                 run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(exp.path), callbacks=[callback],
                                           failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
         import ray
