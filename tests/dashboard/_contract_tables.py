@@ -1,7 +1,9 @@
-"""Contract-conforming federation and Tune tables for the dashboard tests, written until `gradprom federate`
-and `gradprom tune` can make tiny real ones here. The columns are exactly the agreed tables contract
-(rounds.parquet, sites.parquet, epochs.parquet; trials.parquet, pareto.parquet, best/); the values are seeded
-pseudo-random numbers, and the tests compare the page against whatever these files hold."""
+"""Contract-conforming federation and Tune tables for the dashboard tests, beside the tiny real `gradprom
+federate` and `gradprom tune` runs of the fixture: they hold what tiny real runs do not produce (failed and
+rejected hospital replies, an errored and an early-stopped trial, a Pareto front of several trials). The
+columns are exactly the agreed tables contract (rounds.parquet, sites.parquet, epochs.parquet; trials.parquet,
+pareto.parquet, best/); the values are seeded pseudo-random numbers, and the tests compare the page against
+whatever these files hold."""
 
 from __future__ import annotations
 
