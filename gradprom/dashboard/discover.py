@@ -63,7 +63,8 @@ class TableCache:
             table, problem = pq.read_table(path), None
         except Exception as e:  # truncated or corrupt: pyarrow raises ArrowInvalid, OSError, ...
             table = None
-            problem = f"{path.name} is unreadable (truncated or corrupt) and was skipped: {str(e).splitlines()[0][:160]}"
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            problem = f"{path.name} is unreadable (truncated or corrupt) and was skipped: {first}"
             log.warning("%s: %s", path, problem)
         with self._lock:
             if len(self._items) >= self.max_entries:

@@ -88,6 +88,11 @@ def message_figure(text: str) -> go.Figure:
     return fig
 
 
+def int_ticks(count: int) -> dict[str, Any]:
+    """Axis settings for integer x values (epochs, rounds, trials): a tick on each up to 20, else Plotly's own."""
+    return {"dtick": 1} if count <= 20 else {"tickformat": "d"}
+
+
 def graph(id: str) -> dcc.Graph:
     """A Plotly graph (zoom and hover) with a stable id."""
     return dcc.Graph(id=id, figure=message_figure("loading…"), config={"displaylogo": False})

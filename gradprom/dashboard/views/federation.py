@@ -12,7 +12,8 @@ from dash.exceptions import PreventUpdate
 from plotly.subplots import make_subplots
 
 from ..discover import get_run, read_table, signature
-from .common import PALETTE, cell, data_table, graph, message_figure, notice, notice_box, num, task_metrics
+from .common import (PALETTE, cell, data_table, graph, int_ticks, message_figure, notice, notice_box, num,
+                     task_metrics)
 
 GLOBAL = "global"
 ROUND_COLUMNS = ["round", "site", "status", "error", "num_examples", "psnr", "ssim", "accuracy", "auc", "dice",
@@ -59,7 +60,7 @@ def curves_figure(rows: list[dict[str, Any]], metric: str | None) -> go.Figure:
                                          name=site, legendgroup=site, showlegend=c == 1,
                                          line={"dash": "dash" if site == GLOBAL else "solid", "color": color}),
                               row=1, col=c)
-    fig.update_xaxes(title_text="round", dtick=1)
+    fig.update_xaxes(title_text="round", **int_ticks(len({r.get("round") for r in rows})))
     fig.update_layout(template="plotly_white", height=340, uirevision="keep", margin={"t": 40})
     return fig
 
@@ -111,7 +112,7 @@ def global_figure(rows: list[dict[str, Any]], metrics: list[str]) -> go.Figure:
         pts = [(r["round"], r[k]) for r in g if num(r.get(k)) is not None]
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=k),
                       row=1, col=c)
-    fig.update_xaxes(title_text="round", dtick=1)
+    fig.update_xaxes(title_text="round", **int_ticks(len({r.get("round") for r in rows})))
     fig.update_layout(template="plotly_white", height=300, uirevision="keep", showlegend=False, margin={"t": 40})
     return fig
 

@@ -1,5 +1,6 @@
 """One run: loss / PSNR / SSIM / task-metric curves per epoch, the gate per step (cosine against τ, open or
-closed, open rate, ‖g_e‖ and ‖g_r‖), the layer × step heat map in `layer` granularity, and the samples figure."""
+closed, open rate, ‖g_e‖ and ‖g_r‖), the layer × step heat map in `layer` granularity, and the samples
+figure."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from .. import downsample
 from ..discover import Run, get_run, read_steps, read_table, signature
-from .common import (cell, data_table, duration, file_url, graph, message_figure, notice, notice_box, num,
+from .common import (cell, data_table, duration, file_url, graph, int_ticks, message_figure, notice, notice_box, num,
                      task_metrics)
 
 # the page outputs of the last state of each run, so a reload or a second tab does not rebuild them
@@ -89,7 +90,7 @@ def curves_figure(rows: list[dict[str, Any]]) -> go.Figure:
         add(4, "val", m, line={"color": color})
     for col, key in ((2, "psnr"), (3, "ssim"), *((4, m) for m in metrics)):
         add(col, "test", key, marker={"symbol": "star", "size": 11, "color": "black"})
-    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_xaxes(title_text="epoch", **int_ticks(len({r.get("epoch") for r in rows})))
     fig.update_layout(template="plotly_white", height=330, uirevision="keep", margin={"t": 40, "b": 40})
     return fig
 
@@ -200,7 +201,8 @@ def register(app, root: Path) -> None:
 
     @app.callback(Output("run-summary", "data"), Output("run-epochs-table", "data"),
                   Output("run-epochs-table", "columns"), Output("run-curves", "figure"), Output("run-gate", "figure"),
-                  Output("run-heatmap", "figure"), Output("run-heatmap-box", "style"), Output("run-samples", "children"),
+                  Output("run-heatmap", "figure"), Output("run-heatmap-box", "style"),
+                  Output("run-samples", "children"),
                   Output("run-notice", "children"), Output("run-sig", "data"),
                   Input("run-tick", "n_intervals"), State("run-id", "data"), State("run-sig", "data"))
     def refresh(_n, run_id, sig):

@@ -119,7 +119,7 @@ def compare_figure(root: Path, run_ids: list[str]) -> go.Figure:
                                      name=f"{rid} {key}" if col == 3 else rid, legendgroup=rid,
                                      showlegend=col == 1 or col == 3,
                                      line={"color": PALETTE[i % len(PALETTE)]}), row=1, col=col)
-    fig.update_xaxes(title_text="epoch")
+    fig.update_xaxes(title_text="epoch", tickformat="d")
     fig.update_layout(template="plotly_white", height=360, uirevision="keep", margin={"t": 40})
     return fig
 

@@ -12,7 +12,8 @@ from dash.exceptions import PreventUpdate
 from plotly.subplots import make_subplots
 
 from ..discover import Run, get_run, read_table, signature
-from .common import cell, data_table, file_url, href, graph, message_figure, notice, notice_box, num
+from .common import (cell, data_table, file_url, graph, href, int_ticks, message_figure, notice, notice_box,
+                     num)
 
 _ORDER = ["trial_id", "run", "status", "epochs", "stopped_early"]
 
@@ -90,7 +91,7 @@ def objective_figure(latest: list[dict[str, Any]], metrics: list[str], modes: li
             best.append(run_best)
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=best, mode="lines", name=f"best {m} so far",
                                  line={"dash": "dot"}), row=1, col=c)
-    fig.update_xaxes(title_text="trial (in start order)", dtick=1)
+    fig.update_xaxes(title_text="trial (in start order)", **int_ticks(len(latest)))
     fig.update_layout(template="plotly_white", height=320, uirevision="keep", margin={"t": 40})
     return fig
 
