@@ -1,5 +1,7 @@
 """A real cluster path: `ray start --head` on 127.0.0.1 (free ports, its own temp dir), the tuning job sent with
-`ray job submit --working-dir <repo>`, its results read back; only the test's own head is stopped."""
+`ray job submit --working-dir <repo>`, its results read back; only the test's own head is stopped. The job's
+trials train on a Ray Train worker each (`--workers-per-trial 1`), so the Train-in-Tune path (the trial
+launches the Ray Train runner, TuneReportCallback forwards its reports) runs on the cluster too."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def test_ray_job_submit_runs_a_tuning_job(tmp_path):
     temp = short_temp_dir()
     gcs, dash = free_port(), free_port()
     log = (tmp_path / "head.log").open("w")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--block", *head_args(temp, gcs, dash)],
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--block", *head_args(temp, gcs, dash, num_cpus=4)],
                             env={**env(), **SLOW_START_ENV},
                             stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -43,7 +45,7 @@ def test_ray_job_submit_runs_a_tuning_job(tmp_path):
             [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO),
              "--submission-id", "gradprom-tune-test", "--",
              str(BIN / "gradprom"), "tune", "--config", str(cfg), "--out", str(tmp_path), "--name", "job",
-             "--address", "auto"],
+             "--address", "auto", "--workers-per-trial", "1"],
             env=env(), capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert JobSubmissionClient(url).get_job_status("gradprom-tune-test").value == "SUCCEEDED"
@@ -62,5 +64,13 @@ def test_ray_job_submit_runs_a_tuning_job(tmp_path):
     info = json.loads((exp / "run.json").read_text())
     assert info["status"] == "finished" and info["address"] == "auto"
     rows = pq.read_table(exp / "trials.parquet").to_pylist()
-    assert len({r["trial_id"] for r in rows}) == 2
-    assert (exp / "best" / "best.yaml").is_file()
+    trials = {r["trial_id"] for r in rows}
+    assert len(trials) == 2 and (exp / "best" / "best.yaml").is_file()
+    for tid in trials:  # each trial is a Ray Train run whose every epoch reached Tune
+        mine = sorted((r for r in rows if r["trial_id"] == tid), key=lambda r: r["epoch"])
+        run = json.loads((exp / "trials" / tid / "run.json").read_text())
+        assert run["kind"] == "ray-train" and run["workers"] == 1
+        assert run["status"] == ("stopped" if mine[0]["stopped_early"] else "finished")
+        val = [r for r in pq.read_table(exp / "trials" / tid / "epochs.parquet").to_pylist() if r["split"] == "val"]
+        assert [round(r["psnr"], 6) for r in mine] == [round(v["psnr"], 6) for v in val][:len(mine)]
+        assert len(mine) == (1 if mine[0]["stopped_early"] else 2)
