@@ -233,11 +233,14 @@ def finish(exp: RunDir, cfg: Config, spec: TuneSpec, grid) -> dict[str, Any]:
     rows = collect_rows(grid, statuses, spec)
     metrics, modes = spec.objective_metrics(cfg.task), spec.modes(cfg.task)
     summary = write_results(exp.path, rows, cfg.to_dict(), metrics, modes, spec.max_epochs)
-    for r in rows:  # a trial ASHA stopped was killed between epochs: its run directory says so
+    for r in rows:  # a trial ASHA stopped ended between epochs: its run directory says so
         trial_run = RunDir(exp.path / TRIALS_DIR / r["trial_id"])
-        if r["stopped_early"] and trial_run.read_run().get("status") == "running":
+        info = trial_run.read_run()
+        if r["stopped_early"] and info.get("status") in ("running", "failed"):
+            # a Ray Train trial's run sees its controller go away when Tune ends the trial, and says "failed"
+            ended = f" (the run ended with: {info['error']})" if info.get("error") else ""
             trial_run.write_run(status="stopped", end=now_iso(),
-                                error=f"stopped early by ASHA after epoch {r['training_iteration']}")
+                                error=f"stopped early by ASHA after epoch {r['training_iteration']}{ended}")
     complete = len(statuses) >= spec.num_trials and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
     if complete:
         return exp.write_run(status="finished", end=now_iso(), **summary)
