@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ._ray_head import RayHead
+from .._ray_head import RayHead
 from .conftest import screenshot
 
 pytestmark = pytest.mark.slow

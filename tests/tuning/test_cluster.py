@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ._cluster import SLOW_START_ENV, cleanup, head_args, short_temp_dir
+from .._ray_head import SLOW_START_ENV, cleanup, head_args, short_temp_dir
 from ._tiny import BIN, env, free_port, write_config
 
 pytestmark = pytest.mark.slow

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ._cluster import cleanup, head_args, pids_of, short_temp_dir
+from .._ray_head import cleanup, head_args, pids_of, short_temp_dir
 from ._tiny import BIN, env, free_port, write_config
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def start_sshd(d: Path, port: int, marker: str) -> subprocess.Popen:
     (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
     session = d / "session.sh"
     stop = (f"cd {REPO} && exec {sys.executable} -c "
-            f"\"from tests.tuning._cluster import stop_processes; stop_processes('{marker}')\"")
+            f"\"from tests._ray_head import stop_processes; stop_processes('{marker}')\"")
     session.write_text("#!/bin/bash\n"
                        f"export GRADPROM_PYTHON={sys.executable}\n"
                        'case "$SSH_ORIGINAL_COMMAND" in\n'

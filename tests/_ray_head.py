@@ -1,4 +1,4 @@
-"""A private Ray head for the cluster tests: free ports, its own short temp dir, stopped by its own processes.
+"""A private Ray head for the tests (Tune's cluster tests, the dashboard's Ray view): free ports, its own short temp dir, stopped by its own processes.
 
 `ray stop` would stop every Ray instance on the machine, so the tests never call it: the head's processes are
 found by the test's unique temp dir in their command lines and terminated by PID.
@@ -9,11 +9,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ._tiny import free_port
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def short_temp_dir() -> Path:
@@ -70,3 +79,23 @@ def cleanup(temp: Path) -> None:
     """Stop the head's processes and remove its temp dir."""
     stop_processes(str(temp))
     shutil.rmtree(temp, ignore_errors=True)
+
+
+class RayHead:
+    """`ray start --head` on 127.0.0.1 with a dashboard on free ports; `stop()` ends exactly its processes."""
+
+    def __init__(self, num_cpus: int = 1):
+        self.temp = short_temp_dir()
+        self.port, self.dashboard_port = free_port(), free_port()
+        cmd = [str(Path(sys.executable).parent / "ray"), "start",
+               *head_args(self.temp, self.port, self.dashboard_port, num_cpus=num_cpus)]
+        env = {**os.environ, **SLOW_START_ENV, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+        if out.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start failed: {out.stdout}\n{out.stderr}")
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        cleanup(self.temp)
