@@ -46,32 +46,56 @@ def head_args(temp: Path, gcs_port: int, dashboard_port: int, num_cpus: int = 2,
 
 
 def pids_of(marker: str) -> list[int]:
-    """Processes whose command line contains `marker` (the test's temp dir)."""
-    out = []
+    """Processes whose command line contains `marker` (the test's temp dir), and all their descendants: Ray's
+    agents rename themselves (`ray::DashboardAgent`), so only their parent's command line names the marker."""
+    parents: dict[int, int] = {}
+    marked = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit() or int(p.name) == os.getpid():
             continue
         try:
             cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (p / "stat").read_text()
         except OSError:
             continue
+        parents[int(p.name)] = int(stat.rsplit(")", 1)[1].split()[1])
         if marker in cmd:
-            out.append(int(p.name))
-    return out
+            marked.append(int(p.name))
+    found, todo = set(marked), list(marked)
+    while todo:
+        pid = todo.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
 
 
 def stop_processes(marker: str, timeout_s: float = 15.0) -> None:
-    """SIGTERM the processes started under `marker`, then SIGKILL what is left after `timeout_s`."""
+    """SIGTERM the processes started under `marker` (and their descendants), then SIGKILL what is left after
+    `timeout_s`. The set is taken before signalling: once a raylet exits, its agents are re-parented to init."""
+    pids = set(pids_of(marker))
+
+    def running(pid: int) -> bool:  # a zombie has exited already
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def alive() -> set[int]:
+        return {pid for pid in pids | set(pids_of(marker)) if running(pid)}
+
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids_of(marker):
+        for pid in alive():
+            pids.add(pid)
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout_s
-        while pids_of(marker) and time.monotonic() < deadline:
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.3)
-        if not pids_of(marker):
+        if not alive():
             return
 
 
