@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from gradprom.config_flags import FlagTable, add_config_options, merged_config
+
 # flag -> dotted config field (flags not given are not applied, so a config file's values stand)
-TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+TRAIN_FLAGS: FlagTable = {
     "task": ("task", str, "classification | segmentation"),
     "seed": ("seed", int, "random seed of data, degradations and model init"),
     "data": ("data.source", str, "'phantoms' (embedded default), a MedMNIST-style .npz, a store made by "
@@ -45,29 +47,16 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML config (e.g. a run's config.yaml); flags override it")
-    for flag, (field, typ, help_) in TRAIN_FLAGS.items():
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, metavar=flag.split("_")[-1].upper(),
-                       help=f"{help_} [{field}]")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set any config field, e.g. --set model.enhancer=basicunet (repeatable)")
+    add_config_options(p, TRAIN_FLAGS, config_help="YAML config (e.g. a run's config.yaml); flags override it",
+                       set_help="set any config field, e.g. --set model.enhancer=basicunet (repeatable)")
 
 
 def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
     """Config from defaults <- --config file <- --set options <- explicit flags."""
-    from gradprom.platform.config import build_config, dotted_override, load_config_file, merge, parse_set_option
+    from gradprom.platform.config import build_config
 
-    raw: dict[str, Any] = dict(base or {})
-    sources = ["defaults"]
-    if getattr(args, "config", None):
-        raw = merge(raw, load_config_file(args.config))
-        sources.append(args.config)
-    for s in getattr(args, "sets", []):
-        raw = merge(raw, parse_set_option(s))
-    for flag, (field, _, _) in TRAIN_FLAGS.items():
-        v = getattr(args, flag, None)
-        if v is not None:
-            raw = merge(raw, dotted_override(field, v))
+    raw = merged_config(args, TRAIN_FLAGS, base)
+    sources = ["defaults"] + ([args.config] if getattr(args, "config", None) else [])
     if len(sources) > 1 or getattr(args, "sets", None):
         sources.append("command line")
     return build_config(raw, source=" + ".join(sources))

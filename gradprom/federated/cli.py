@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from gradprom.config_flags import FlagTable, add_config_options, merged_config
+
 # flag -> (dotted config field, type, help); flags not given leave the config file's values alone
-FLAGS: dict[str, tuple[str, type, str]] = {
+FLAGS: FlagTable = {
     "hospitals": ("federated.hospitals", int, "number of hospitals (sites) [default 4]"),
     "rounds": ("federated.rounds", int, "federated rounds [default 3]; with --resume, the new total"),
     "strategy": ("federated.strategy", str, "Flower aggregation: fedavg (default) | fedprox | fedadam | fedyogi"),
@@ -41,13 +43,9 @@ def register(sub) -> None:
                     "epochs.parquet and checkpoints/latest.pt. Values come from defaults, then --config, then "
                     "--set, then flags. Per-site settings: --set federated.sites.1.tau=1.0 (also .strategy, "
                     ".degradation, .data).")
-    p.add_argument("--config", metavar="FILE", help="YAML: engine sections plus a `federated:` section "
-                   "(a federation's config.yaml re-runs it)")
-    for flag, (field, typ, help_) in FLAGS.items():
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None,
-                       metavar=flag.split("_")[-1].upper(), help=f"{help_} [{field}]")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set any config field, e.g. --set data.num_train=256 --set federated.sites.0.tau=0.5")
+    add_config_options(p, FLAGS, config_help="YAML: engine sections plus a `federated:` section (a federation's "
+                       "config.yaml re-runs it)", set_help="set any config field, e.g. --set data.num_train=256 "
+                       "--set federated.sites.0.tau=0.5")
     p.add_argument("--describe", action="store_true", help="print the table of sites (samples, class mix, "
                    "degradation) and exit without training")
     p.add_argument("--export-sites", metavar="DIR", help="write each site's images to DIR/hospital-<k>.npz (for a "
@@ -59,18 +57,7 @@ def register(sub) -> None:
 
 def resolve(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The raw federation config: base <- --config <- --set <- flags (validated by build_federation)."""
-    from gradprom.platform.config import dotted_override, load_config_file, merge, parse_set_option
-
-    raw: dict[str, Any] = dict(base or {})
-    if args.config:
-        raw = merge(raw, load_config_file(args.config))
-    for s in args.sets:
-        raw = merge(raw, parse_set_option(s))
-    for flag, (field, _, _) in FLAGS.items():
-        v = getattr(args, flag, None)
-        if v is not None:
-            raw = merge(raw, dotted_override(field, v))
-    return raw
+    return merged_config(args, FLAGS, base)
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
