@@ -143,3 +143,19 @@ def task_metrics(columns: Iterable[str]) -> list[str]:
 def column(table, name: str) -> list:
     """A column of a pyarrow table as a list ([] when absent)."""
     return table.column(name).to_pylist() if table is not None and name in table.column_names else []
+
+
+def changed_run(root, run_id: str | None, sig: Any):
+    """(run, new signature) for a page's refresh; (None, message) when `run_id` names no run under the runs
+    directory. Raises PreventUpdate when none of the run's files changed since `sig`, so polling redraws nothing."""
+    from dash.exceptions import PreventUpdate
+
+    from ..discover import get_run, signature
+
+    run = get_run(root, run_id or "")
+    if run is None:
+        return None, f"{run_id!r} is not a run directory under the runs directory."
+    new = signature(run.path)
+    if new == sig:
+        raise PreventUpdate
+    return run, new

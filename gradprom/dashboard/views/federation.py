@@ -8,11 +8,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html
-from dash.exceptions import PreventUpdate
 from plotly.subplots import make_subplots
 
-from ..discover import get_run, read_table, signature
-from .common import (PALETTE, cell, data_table, graph, int_ticks, message_figure, notice, notice_box, num,
+from ..discover import read_table
+from .common import (PALETTE, cell, changed_run, data_table, graph, int_ticks, message_figure, notice, notice_box, num,
                      task_metrics)
 
 GLOBAL = "global"
@@ -127,14 +126,10 @@ def register(app, root: Path) -> None:
                   Output("fed-notice", "children"), Output("fed-sig", "data"),
                   Input("fed-tick", "n_intervals"), State("fed-id", "data"), State("fed-sig", "data"))
     def refresh(_n, fed_id, sig):
-        run = get_run(root, fed_id or "")
+        run, new = changed_run(root, fed_id, sig)
         if run is None:
             empty = message_figure("no such federation")
-            return (None, [], [], empty, empty, empty, empty, [], [],
-                    notice("fed-notice", [f"{fed_id!r} is not a run directory under the runs directory."]), "missing")
-        new = signature(run.path)
-        if new == sig:
-            raise PreventUpdate
+            return (None, [], [], empty, empty, empty, empty, [], [], notice("fed-notice", [new]), "missing")
         rounds_t, problems = read_table(run.path / "rounds.parquet")
         sites_t, p2 = read_table(run.path / "sites.parquet")
         problems = run.problems + problems + p2

@@ -13,13 +13,12 @@ import plotly.graph_objects as go
 import pyarrow as pa
 import pyarrow.compute as pc
 from dash import Input, Output, State, dcc, html
-from dash.exceptions import PreventUpdate
 from plotly.subplots import make_subplots
 
 from .. import downsample
-from ..discover import Run, get_run, read_steps, read_table, signature
-from .common import (cell, data_table, duration, file_url, graph, int_ticks, message_figure, notice, notice_box, num,
-                     task_metrics)
+from ..discover import Run, read_steps, read_table
+from .common import (cell, changed_run, data_table, duration, file_url, graph, int_ticks, message_figure, notice,
+                     notice_box, num, task_metrics)
 
 # the page outputs of the last state of each run, so a reload or a second tab does not rebuild them
 _RENDERED: dict[str, tuple[str, tuple]] = {}
@@ -206,14 +205,10 @@ def register(app, root: Path) -> None:
                   Output("run-notice", "children"), Output("run-sig", "data"),
                   Input("run-tick", "n_intervals"), State("run-id", "data"), State("run-sig", "data"))
     def refresh(_n, run_id, sig):
-        run = get_run(root, run_id or "")
+        run, new = changed_run(root, run_id, sig)
         if run is None:
-            msg = [f"{run_id!r} is not a run directory under the runs directory."]
             empty = message_figure("no such run")
-            return [], [], [], empty, empty, empty, {"display": "none"}, None, notice("run-notice", msg), "missing"
-        new = signature(run.path)
-        if new == sig:
-            raise PreventUpdate
+            return [], [], [], empty, empty, empty, {"display": "none"}, None, notice("run-notice", [new]), "missing"
         with _LOCK:
             hit = _RENDERED.get(run.id)
         if hit is not None and hit[0] == new:  # another tab (or a reload) already built this state

@@ -8,12 +8,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html
-from dash.exceptions import PreventUpdate
 from plotly.subplots import make_subplots
 
-from ..discover import Run, get_run, read_table, signature
-from .common import (cell, data_table, file_url, graph, href, int_ticks, message_figure, notice, notice_box,
-                     num)
+from ..discover import Run, read_table
+from .common import (cell, changed_run, data_table, file_url, graph, href, int_ticks, message_figure, notice,
+                     notice_box, num)
 
 _ORDER = ["trial_id", "run", "status", "epochs", "stopped_early"]
 
@@ -156,14 +155,10 @@ def register(app, root: Path) -> None:
                   Output("tune-notice", "children"), Output("tune-sig", "data"),
                   Input("tune-tick", "n_intervals"), State("tune-id", "data"), State("tune-sig", "data"))
     def refresh(_n, exp_id, sig):
-        run = get_run(root, exp_id or "")
+        run, new = changed_run(root, exp_id, sig)
         if run is None:
             empty = message_figure("no such experiment")
-            return (None, [], [], empty, empty, empty, None,
-                    notice("tune-notice", [f"{exp_id!r} is not a run directory under the runs directory."]), "missing")
-        new = signature(run.path)
-        if new == sig:
-            raise PreventUpdate
+            return (None, [], [], empty, empty, empty, None, notice("tune-notice", [new]), "missing")
         table, problems = read_table(run.path / "trials.parquet")
         pareto, p2 = read_table(run.path / "pareto.parquet")
         problems = run.problems + problems + p2
