@@ -57,7 +57,8 @@ def keygen(path: Path) -> Path:
 
 def start_sshd(d: Path, port: int, marker: str) -> subprocess.Popen:
     """sshd on 127.0.0.1:port that accepts only the generated user key."""
-    host, user = keygen(d / "host_key"), keygen(d / "user_key")
+    host = keygen(d / "host_key")
+    keygen(d / "user_key")
     (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
     session = d / "session.sh"
     stop = (f"cd {REPO} && exec {sys.executable} -c "
