@@ -22,11 +22,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gradprom.platform.build import train_loader
 from gradprom.platform.config import build_config
-from gradprom.platform.datasets import EnhancementDataset, build_datasets, load_npz
-from gradprom.platform.degradations import parse_degradation
-from gradprom.platform.loop import train_loader
-from gradprom.platform.store_convert import convert
+from gradprom.platform.data.dataset import EnhancementDataset
+from gradprom.platform.data.degradations import parse_degradation
+from gradprom.platform.data.npz import load_npz
+from gradprom.platform.data.sources import build_datasets
+from gradprom.platform.store.convert import convert
 
 
 class PngDataset(Dataset):

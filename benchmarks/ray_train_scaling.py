@@ -31,8 +31,8 @@ def bench_worker(config: dict) -> None:
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from gradprom.platform.distributed.reducers import AllReduceReducer
     from gradprom.platform.models import build_enhancer, build_recognizer
-    from gradprom.platform.reducers import AllReduceReducer
     from gradprom.platform.step import TrainStep
     from gradprom.platform.strategies import make_strategy
 

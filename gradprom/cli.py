@@ -12,8 +12,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gradprom.config_flags import FlagTable, add_config_options, merged_config
 
@@ -77,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args)
     if cfg.distributed.workers > 0:  # Ray Train; imported here so the local path never loads Ray
-        from gradprom.platform.ray_train import train_on_ray
+        from gradprom.platform.distributed.runner import train_on_ray
         path = train_on_ray(cfg, resume=bool(args.resume), run_path=args.resume)
     else:
         path = train(cfg, resume=bool(args.resume), run_path=args.resume)
@@ -96,7 +97,7 @@ def _print_run_summary(path: Path) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from gradprom.platform.loop import evaluate_run
+    from gradprom.platform.evaluate import evaluate_run
 
     metrics = evaluate_run(args.run, checkpoint=args.checkpoint, split=args.split, data=args.data,
                            device=args.device)

@@ -65,9 +65,9 @@ def _console():
 def cmd_convert(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from gradprom.platform.readers import ReadOptions
-    from gradprom.platform.store import Store
-    from gradprom.platform.store_convert import convert
+    from gradprom.platform.data.readers import ReadOptions
+    from gradprom.platform.store.convert import convert
+    from gradprom.platform.store.format import Store
 
     opts = ReadOptions(labels=args.labels, window=tuple(args.window) if args.window else None, axis=args.axis)
     s = convert(args.src, args.out, fmt=args.format, site=args.site, split_by=args.split_by, seed=args.seed,
@@ -96,7 +96,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from gradprom.platform.store_check import check_store
+    from gradprom.platform.store.check import check_store
 
     rep = check_store(args.store)
     con = _console()
@@ -122,7 +122,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from gradprom.platform.store_show import save_grid
+    from gradprom.platform.store.show import save_grid
 
     out = Path(args.out) if args.out else Path(args.store.rstrip("/") + "-samples.png")
     save_grid(args.store, out, per_row=args.per_row, split=args.split)

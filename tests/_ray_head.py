@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 
-
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

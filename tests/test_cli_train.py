@@ -15,10 +15,10 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,14 +60,14 @@ class Run:
     path: Path | None = None  # the run directory (train runs)
 
 
-def _train(name: str, *extra: str, epochs: int = 1) -> Callable[["RunPool"], Run]:
-    def job(pool: "RunPool") -> Run:
+def _train(name: str, *extra: str, epochs: int = 1) -> Callable[[RunPool], Run]:
+    def job(pool: RunPool) -> Run:
         return Run(pool.call("train", *TINY, "--epochs", str(epochs), *extra, "--out", pool.root, "--name", name),
                    pool.root / name)
     return job
 
 
-def _resume_first(pool: "RunPool") -> Run:
+def _resume_first(pool: RunPool) -> Run:
     """Run B, first part: A's saved config.yaml re-run into a new directory for one epoch. Everything but the
     epochs (strategy, tau, sizes, seed) comes from the file, so B can only match A if `--config` works."""
     a = pool.get("gradprom")
@@ -78,25 +78,25 @@ def _resume_first(pool: "RunPool") -> Run:
     return Run(proc, made[0] if len(made) == 1 else None)
 
 
-def _resumed(pool: "RunPool") -> Run:
+def _resumed(pool: RunPool) -> Run:
     """Run B, second part: continue it to two epochs."""
     first = pool.get("resume-first")
     assert first.proc.returncode == 0 and first.path is not None, explain(first.proc)
     return Run(pool.call("train", "--resume", first.path, "--epochs", "2"), first.path)
 
 
-def _evaluate(pool: "RunPool") -> Run:
+def _evaluate(pool: RunPool) -> Run:
     src = pool.get("gradprom")
     assert src.proc.returncode == 0, explain(src.proc)
     return Run(pool.call("evaluate", src.path, "--checkpoint", "latest", "--json"), src.path)
 
 
-def _demo(pool: "RunPool") -> Run:
+def _demo(pool: RunPool) -> Run:
     return Run(pool.call("demo", "--strategies", "enhance_only,gradprom", "--epochs", "1", "--train-images", "32",
                          "--out", pool.root / "demo"), pool.root / "demo")
 
 
-JOBS: dict[str, Callable[["RunPool"], Run]] = {
+JOBS: dict[str, Callable[[RunPool], Run]] = {
     # the critical path and the longest first, so the pool finishes early
     # run A: two epochs in one go; also the gradprom (tau) run of the strategy table and the evaluate source
     "gradprom": _train("gradprom", "--strategy", "gradprom", "--tau", str(TAU), epochs=2),

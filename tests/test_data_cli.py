@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from gradprom.cli import main
-from gradprom.platform.readers.base import Sample
-from gradprom.platform.store import Store
-from gradprom.platform.store_check import fingerprint
-from gradprom.platform.store_write import StoreWriter
+from gradprom.platform.data.readers.base import Sample
+from gradprom.platform.store.check import fingerprint
+from gradprom.platform.store.format import Store
+from gradprom.platform.store.write import StoreWriter
 from tests.platform.test_readers import write_csv, write_dicom, write_npz, write_png_folder
 
 
@@ -166,8 +166,8 @@ def test_store_larger_than_memory_cap_trains_streamed(tmp_path):
     # 1) one full epoch of the training loader: every row once, memory bounded
     body = textwrap.dedent(f"""
         from gradprom.platform.config import build_config
-        from gradprom.platform.datasets import build_datasets
-        from gradprom.platform.loop import train_loader
+        from gradprom.platform.data.sources import build_datasets
+        from gradprom.platform.build import train_loader
         cfg = build_config({{"data": {{"source": {str(store)!r}, "batch_size": 64, "shuffle_buffer": 64}}}})
         ds, info, _ = build_datasets(cfg)
         assert type(ds["train"]).__name__ == "StreamingEnhancementDataset", type(ds["train"])

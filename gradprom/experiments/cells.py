@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 
 from gradprom.platform.atomic import atomic_write_text
 from gradprom.platform.config import build_config
-from gradprom.platform.datasets import build_datasets
-from gradprom.platform.loop import load_trained_models, train
+from gradprom.platform.data.sources import build_datasets
+from gradprom.platform.evaluate import load_trained_models
+from gradprom.platform.loop import train
 from gradprom.platform.metrics import auc, dice, psnr, ssim
 from gradprom.platform.rundir import RunDir, write_parquet
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from gradprom.platform.atomic import atomic_path
 from gradprom.platform.config import build_config
-from gradprom.platform.datasets import build_datasets
+from gradprom.platform.data.sources import build_datasets
 from gradprom.platform.losses import recognition_loss
 from gradprom.platform.models import build_recognizer
 

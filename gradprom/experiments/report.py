@@ -8,7 +8,7 @@ quality" means GradProm's PSNR is not significantly below enhance-only's or is w
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from gradprom.platform.atomic import atomic_write_text  # noqa: E402
-from gradprom.platform.figures import save_figure  # noqa: E402
+from gradprom.platform.build import resolve_device  # noqa: E402
 from gradprom.platform.config import build_config  # noqa: E402
-from gradprom.platform.datasets import build_datasets  # noqa: E402
-from gradprom.platform.loop import load_trained_models, resolve_device  # noqa: E402
+from gradprom.platform.data.sources import build_datasets  # noqa: E402
+from gradprom.platform.evaluate import load_trained_models
+from gradprom.platform.figures import save_figure  # noqa: E402
 from gradprom.platform.rundir import RunDir, versions  # noqa: E402
 
 from .grid import BASELINES, GRADPROM, PRESETS, GridSpec  # noqa: E402
@@ -61,7 +62,7 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
     seeds = sorted({r["seed"] for r in rows})
     p = PRESETS[spec.preset]
     lines = ["# GradProm evidence report", "",
-             f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `{command or 'gradprom experiment'}`.", "",
+             f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by `{command or 'gradprom experiment'}`.", "",
              f"- Preset **{spec.preset}**: images {p.image_size}² (phantoms), {p.num_train} train / {p.num_test} test "
              f"images, {p.epochs} epochs, batch {p.batch_size}, U-Net enhancer {list(p.enhancer_channels)}, "
              f"seeds {seeds}." if spec.data == "phantoms" else f"- Preset **{spec.preset}**, data `{spec.data}`, seeds {seeds}.",

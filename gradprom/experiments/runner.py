@@ -11,7 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from gradprom.platform.atomic import atomic_write_text
-from gradprom.platform.loop import resolve_device
+from gradprom.platform.build import resolve_device
 from gradprom.platform.rundir import write_parquet
 
 from .cells import cell_done, evaluate_references, run_cell
@@ -41,7 +41,7 @@ def run_grid(spec: GridSpec, out: Path, progress: bool = True) -> list[dict[str,
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
     # the per-cell line below replaces each run's per-epoch log lines (126 cells x 6 epochs is noise)
-    loop_log = logging.getLogger("gradprom.platform.loop")
+    loop_log = logging.getLogger("gradprom.platform.epoch")
     level = loop_log.level
     loop_log.setLevel(max(level, logging.WARNING))
     bar = tqdm(cells, desc="experiment", disable=None if progress else True, dynamic_ncols=True)

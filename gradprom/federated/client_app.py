@@ -9,7 +9,6 @@ optional `data-path`: the hospital's own .npz).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
@@ -18,7 +17,8 @@ from flwr.clientapp import ClientApp
 
 from gradprom.platform.errors import GradPromError
 
-from .config import FedConfig, build_federation, from_run_config
+from .config import build_federation, from_run_config
+from .faults import fault_mod
 from .partition import info_from_config, load_site, site_name
 from .strategy import from_record, to_record
 from .task import GATE_KEYS, evaluate_arrays, site_datasets, train_site
@@ -49,18 +49,6 @@ def _site_error(k: int, e: Exception) -> RuntimeError:
     return RuntimeError(text if text.startswith(site_name(k)) else f"{site_name(k)}: {text}")
 
 
-def _inject_fault(fed: FedConfig, k: int, rnd: int) -> str | None:
-    """Fault injection (tests, drills): crash, hang past the round timeout, or return NaN weights."""
-    for f in fed.faults:
-        if f.site == k and f.round == rnd:
-            if f.kind == "crash":
-                raise RuntimeError(f"injected crash (federated.faults) in round {rnd}")
-            if f.kind == "hang":
-                time.sleep(fed.round_timeout_s + 5)
-            return f.kind
-    return None
-
-
 def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message:
     """Train locally from the global weights; reply with the new weights and the site's metrics."""
     torch.set_num_threads(1)
@@ -69,7 +57,6 @@ def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message
         cfg, fed = build_federation(raw, source="federation config")
         conf = msg.content["config"]
         rnd = int(conf["server-round"]) + int(conf.get("round-offset", 0))
-        fault = _inject_fault(fed, k, rnd)
         info = info_from_config(conf)  # the model's shape comes from the server: a site needs only its own data
         site = load_site(cfg, fed, k, data_path, expect=info)
         res = train_site(cfg, fed, info, site, from_record(msg.content["arrays"]), rnd,
@@ -77,8 +64,6 @@ def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message
     except Exception as e:
         raise _site_error(k, e) from None
     arrays = res.arrays
-    if fault == "nan":
-        arrays = {n: a * float("nan") if a.dtype.kind == "f" else a for n, a in arrays.items()}
     if fed.gate_level == "server":
         arrays = {**arrays, GATE_KEYS[0]: res.sum_ge, GATE_KEYS[1]: res.sum_gr}
     return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(res.metrics)}), reply_to=msg)
@@ -103,8 +88,10 @@ def handle_evaluate(msg: Message, context: Context, raw: dict[str, Any]) -> Mess
 def make_client_app(raw: dict[str, Any] | None = None) -> ClientApp:
     """A ClientApp with the federation's config fixed (simulation) or read from the run config (None)."""
     client = ClientApp()
+    has_faults = raw is None or bool((raw.get("federated") or {}).get("faults"))
+    mods = [fault_mod(lambda context: _config(raw, context))] if has_faults else []
 
-    @client.train()
+    @client.train(mods=mods)
     def train(msg: Message, context: Context) -> Message:
         return handle_train(msg, context, _config(raw, context))
 

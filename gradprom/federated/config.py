@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gradprom.platform.atomic import atomic_write_text
-from gradprom.platform.config import Config, build_config, _format_validation_error
+from gradprom.platform.config import Config, _format_validation_error, build_config
 from gradprom.platform.errors import ConfigError
 
 FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
@@ -88,7 +88,7 @@ class FedConfig(BaseModel):
     faults: list[Fault] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "FedConfig":
+    def _consistent(self) -> FedConfig:
         if (self.noise_min is None) != (self.noise_max is None):
             raise ValueError("`federated.noise_min` and `federated.noise_max` go together (both set or both null)")
         if self.noise_min is not None and self.noise_min > self.noise_max:

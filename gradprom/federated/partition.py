@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradprom.platform.config import Config
-from gradprom.platform.datasets import DataInfo, ImageSet, load_npz, load_splits
-from gradprom.platform.degradations import parse_degradation
+from gradprom.platform.data.dataset import DataInfo, ImageSet
+from gradprom.platform.data.degradations import parse_degradation
+from gradprom.platform.data.npz import load_npz
+from gradprom.platform.data.sources import load_splits
 from gradprom.platform.errors import ConfigError, DataError
 
 from .config import FedConfig

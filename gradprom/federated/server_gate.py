@@ -19,12 +19,22 @@ that site's accumulated update. For τ ≥ 0 the engine's guarantee carries over
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
 
+from gradprom.platform.build import Models
+from gradprom.platform.config import Config
 from gradprom.platform.strategies import Decision, GradProm, ParamLayout
+
+from .strategy import from_record, to_record
+from .task import enhancer_flat, enhancer_layout
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,3 +71,26 @@ def apply_to_weights(start: torch.Tensor, averaged: torch.Tensor, gate: ServerGa
     ne = torch.linalg.vector_norm(gate.mean_ge)
     s = torch.linalg.vector_norm(start - averaged) / ne if ne > 0 else torch.zeros(())
     return averaged - s * gate.task_part
+
+
+def make_server_gate(cfg: Config, models: Models, gate_log: dict[int, tuple[float, float]]) -> Callable[..., ArrayRecord]:
+    """The strategy's `server_gate` hook: (round, start, aggregate, [(A_e, A_r)], weights) -> the gated global
+    model; it records (gate open, cos) per round in `gate_log`. It sees only the aggregate and the pairs the
+    strategy hands it."""
+    layout = enhancer_layout(models)
+
+    def hook(rnd: int, start: ArrayRecord, agg: ArrayRecord, pairs, weights) -> ArrayRecord:
+        mean_ge, mean_gr = weighted_pair(pairs, weights)
+        gate = gate_aggregate(mean_ge, mean_gr, cfg.gradprom.tau, cfg.gradprom.granularity, layout)
+        arrays = from_record(agg)
+        new = apply_to_weights(enhancer_flat(from_record(start), models), enhancer_flat(arrays, models), gate)
+        for name, piece in zip(layout.names, torch.split(new, layout.sizes)):
+            key = f"enhancer.{name}"
+            ref = np.asarray(arrays[key])
+            arrays[key] = piece.reshape(ref.shape).numpy().astype(ref.dtype)
+        gate_log[rnd] = (float(gate.decision.gate_open), float(gate.decision.cos))
+        log.info("round %d: server gate %s (cos %+.3f, tau %g)", rnd, "open" if gate_log[rnd][0] > 0 else "closed",
+                 gate_log[rnd][1], cfg.gradprom.tau)
+        return to_record(arrays)
+
+    return hook

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradprom.platform.build import Models, build_models, to_device, train_loader
 from gradprom.platform.config import Config
-from gradprom.platform.datasets import DataInfo, EnhancementDataset
-from gradprom.platform.degradations import parse_degradation
-from gradprom.platform.loop import EpochStats, Models, build_models, evaluate_split, to_device, train_loader
-from gradprom.platform.strategies import Decision, ParamLayout, Strategy
+from gradprom.platform.data.dataset import DataInfo, EnhancementDataset
+from gradprom.platform.data.degradations import parse_degradation
+from gradprom.platform.epoch import Batch, EpochRunner
+from gradprom.platform.evaluate import evaluate_split
 from gradprom.platform.step import TrainStep
+from gradprom.platform.strategies import Decision, ParamLayout, Strategy
 
 from .config import FedConfig
 from .partition import Site
@@ -153,10 +156,20 @@ def new_models(cfg: Config, info: DataInfo, site: Site | None = None) -> Models:
                         torch.device("cpu"))
 
 
+def local_batches(train_ds: EnhancementDataset, cfg: Config, first_epoch: int) -> Iterator[Batch]:
+    """The site's batches, epoch after epoch of its own split (the round's steps need not end with an epoch)."""
+    epoch = first_epoch
+    while True:
+        for batch in train_loader(train_ds, cfg, epoch):
+            yield to_device(batch, torch.device("cpu"))
+        epoch += 1
+
+
 def train_site(cfg: Config, fed: FedConfig, info: DataInfo, site: Site, arrays: dict[str, np.ndarray],
                server_round: int, proximal_mu: float = 0.0) -> LocalResult:
-    """Start from the global weights, run `fed.local_steps` engine steps on the site's data, evaluate on its
-    val split; returns the new weights and the metrics that leave the site."""
+    """Start from the global weights, run `fed.local_steps` engine steps on the site's data (the engine's
+    epoch runner, without a run directory: nothing but the reply leaves the site), evaluate on its val split;
+    returns the new weights and the metrics that leave the site."""
     k = site.index
     scfg = site_config(cfg, fed, k)
     scfg = scfg.model_copy(update={"seed": site_seed(cfg, k)})
@@ -168,33 +181,24 @@ def train_site(cfg: Config, fed: FedConfig, info: DataInfo, site: Site, arrays: 
     if proximal_mu > 0:
         opt_e = ProximalOptimizer(opt_e, proximal_mu)
         opt_r = ProximalOptimizer(opt_r, proximal_mu) if opt_r is not None else None
-    step = TrainStep.from_config(scfg, models.enhancer, models.recognizer, opt_e, opt_r)
-    summing = SummingStrategy(step.strategy)
-    step.strategy = summing
+    summing: list[SummingStrategy] = []
+    step = TrainStep.from_config(scfg, models.enhancer, models.recognizer, opt_e, opt_r,
+                                 strategy=lambda inner: summing.append(SummingStrategy(inner)) or summing[0])
+    runner = EpochRunner(scfg, models, step, info, torch.device("cpu"), progress=False)
     t0 = time.monotonic()
-    stats, done, sq_ge, sq_gr = EpochStats(), 0, 0.0, 0.0
-    epoch = (server_round - 1) * 1000  # a fresh data order and noise draw every round, fixed per (seed, round)
-    while done < fed.local_steps:
-        for batch in train_loader(train_ds, scfg, epoch):
-            res = step(*to_device(batch, torch.device("cpu")))
-            stats.add(res)
-            if not res.skipped:
-                sq_ge, sq_gr = sq_ge + res.norm_ge, sq_gr + res.norm_gr
-            done += 1
-            if done >= fed.local_steps:
-                break
-        epoch += 1
+    first_epoch = (server_round - 1) * 1000  # a fresh data order and noise draw every round, fixed per (seed, round)
+    stats = runner.train_epoch(server_round, local_batches(train_ds, scfg, first_epoch), fed.local_steps)
     gate = stats.gate()
-    n_ok = max(stats.sums["done"], 1)
     val, _ = evaluate_split(models, val_ds, cfg, info, torch.device("cpu"))
-    metrics = {"num-examples": len(site.train), "site": k, "loss_e": stats.sums["loss_e"] / n_ok,
-               "loss_r": stats.sums["loss_r"] / n_ok, "gate_open_rate": gate["gate_open_rate"],
-               "mean_cos": gate["mean_cos"], "norm_ge": sq_ge / n_ok, "norm_gr": sq_gr / n_ok,
+    metrics = {"num-examples": len(site.train), "site": k, "loss_e": stats.mean("loss_e"),
+               "loss_r": stats.mean("loss_r"),
+               "gate_open_rate": gate["gate_open_rate"], "mean_cos": gate["mean_cos"],
+               "norm_ge": stats.mean("norm_ge"), "norm_gr": stats.mean("norm_gr"),
                "skipped_steps": gate["skipped_steps"], "train_seconds": time.monotonic() - t0,
                **{f"val_{m}": v for m, v in val.items()}}
     out = LocalResult(get_arrays(models), {k_: float(v) for k_, v in metrics.items()})
-    if summing.sum_ge is not None:
-        out.sum_ge, out.sum_gr = summing.sum_ge.numpy(), summing.sum_gr.numpy()
+    if summing[0].sum_ge is not None:
+        out.sum_ge, out.sum_gr = summing[0].sum_ge.numpy(), summing[0].sum_gr.numpy()
     return out
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Config, build_config
-from .errors import ConfigError, DataError, GradPromError, TrainingError
+from gradprom.platform.config import Config, build_config
+from gradprom.platform.errors import ConfigError, DataError, GradPromError, TrainingError
 
 __all__ = ["Config", "build_config", "ConfigError", "DataError", "GradPromError", "TrainingError", "StepResult",
            "TrainStep"]
@@ -18,6 +18,6 @@ __all__ = ["Config", "build_config", "ConfigError", "DataError", "GradPromError"
 
 def __getattr__(name: str) -> Any:
     if name in ("StepResult", "TrainStep"):
-        from . import step
+        from gradprom.platform import step
         return getattr(step, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,19 +1,24 @@
 """Checkpoints: written atomically, loaded with `weights_only=True` (no pickled code runs on load).
 
-A checkpoint holds the enhancer, recognizer and optimizer states, the epoch and step reached, the best
-monitored metric so far, and the resolved config (plain dicts/lists/numbers only).
+A training checkpoint (`training_state`) holds the enhancer, recognizer and optimizer states, the epoch and
+step reached, the best monitored metric so far, the epoch's val metrics and the resolved config (plain
+dicts/lists/numbers only). A federation's adds the round and the elapsed time, without optimizers.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .atomic import atomic_path
-from .errors import DataError
+from gradprom.platform.atomic import atomic_path
+from gradprom.platform.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from gradprom.platform.build import Models
+    from gradprom.platform.config import Config
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -37,3 +42,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or "enhancer" not in state:
         raise DataError(f"Checkpoint {str(p)!r} has no enhancer weights; it was not written by `gradprom train`.")
     return state
+
+
+def training_state(models: Models, cfg: Config, epoch: int, step: int, best: float,
+                   val: dict[str, float]) -> dict[str, Any]:
+    """The checkpoint dict: models, optimizers, progress and config (plain tensors and numbers only)."""
+    return {"enhancer": models.enhancer.state_dict(), "recognizer": models.recognizer.state_dict(),
+            "opt_e": models.opt_e.state_dict(), "opt_r": models.opt_r.state_dict() if models.opt_r is not None else {},
+            "epoch": epoch, "step": step, "best": best, "config": cfg.to_dict(), "metrics": val}
+
+
+def load_training_state(models: Models, state: dict[str, Any], run_path: Path, ckpt: Path) -> None:
+    """Load a checkpoint's models and optimizers; one that does not fit the config is a ConfigError."""
+    try:
+        models.enhancer.load_state_dict(state["enhancer"])
+        models.recognizer.load_state_dict(state["recognizer"])
+        models.opt_e.load_state_dict(state["opt_e"])
+        if models.opt_r is not None and state.get("opt_r"):
+            models.opt_r.load_state_dict(state["opt_r"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"--resume {str(run_path)!r}: its checkpoint {str(ckpt)!r} does not "
+                          f"fit the configuration given ({str(e).splitlines()[0][:200]}); a resumed run keeps "
+                          f"its task, data and models, so change only settings such as --epochs.") from None

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .atomic import atomic_write_text
-from .errors import ConfigError
+from gradprom.platform.atomic import atomic_write_text
+from gradprom.platform.errors import ConfigError
 
 Task = Literal["classification", "segmentation"]
 
@@ -68,7 +68,7 @@ class ModelConfig(_Section):
     recognizer_norm: Literal["batch", "instance"] = "batch"
 
     @model_validator(mode="after")
-    def _positive_channels(self) -> "ModelConfig":
+    def _positive_channels(self) -> ModelConfig:
         for name in ("enhancer_channels", "recognizer_channels"):
             if any(c < 1 for c in getattr(self, name)):
                 raise ValueError(f"`model.{name}` must list positive channel counts, got {getattr(self, name)}")
@@ -100,8 +100,8 @@ class GateConfig(_Section):
     recognizer_checkpoint: str | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "GateConfig":
-        from .strategies import OUTPUT_SPACE_STRATEGIES, parse_strategy
+    def _consistent(self) -> GateConfig:
+        from gradprom.platform.strategies import OUTPUT_SPACE_STRATEGIES, parse_strategy
 
         parse_strategy(self.strategy)  # raises ConfigError naming the strategy
         if self.gate_space == "output":
@@ -174,7 +174,7 @@ class Config(_Section):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @model_validator(mode="after")
-    def _recognizer_fits_task(self) -> "Config":
+    def _recognizer_fits_task(self) -> Config:
         rec = self.model.recognizer
         if rec is not None:
             ok = {"classification": ("resnet", "densenet"), "segmentation": ("unet",)}[self.task]

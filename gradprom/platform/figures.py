@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from gradprom.platform.atomic import atomic_path  # noqa: E402
 
 
 def _show(img: np.ndarray) -> np.ndarray:

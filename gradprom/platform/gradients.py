@@ -9,7 +9,8 @@ MONAI U-Nets (benchmarks/step_overhead.py prints both), so it is the default.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn

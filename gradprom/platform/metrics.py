@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:

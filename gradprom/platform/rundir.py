@@ -16,7 +16,7 @@ import json
 import logging
 import platform as _stdlib_platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path, atomic_write_text
+from gradprom.platform.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 RUN_STATUSES = ("running", "finished", "failed", "stopped")
@@ -45,7 +45,7 @@ def versions() -> dict[str, str]:
 
 def now_iso() -> str:
     """UTC time stamp, ISO 8601."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class RunDir:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .errors import TrainingError
-from .gradients import assign_flat_grad, enhancer_gradient_pair, enhancer_vjp, flatten_grads
-from .losses import enhancement_loss, recognition_loss
-from .reducers import IdentityReducer, Reducer
-from .strategies import ParamLayout, Strategy, make_strategy
+from gradprom.platform.distributed.reducers import IdentityReducer, Reducer
+from gradprom.platform.errors import TrainingError
+from gradprom.platform.gradients import assign_flat_grad, enhancer_gradient_pair, enhancer_vjp, flatten_grads
+from gradprom.platform.losses import enhancement_loss, recognition_loss
+from gradprom.platform.strategies import ParamLayout, Strategy, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,16 @@ class TrainStep:
 
     @classmethod
     def from_config(cls, cfg, enhancer: nn.Module, recognizer: nn.Module, opt_e, opt_r,
-                    reducer: Reducer | None = None, device: torch.device | None = None) -> "TrainStep":
-        """Build the step from a Config (gradprom + optim sections)."""
+                    reducer: Reducer | None = None, device: torch.device | None = None,
+                    strategy: Callable[[Strategy], Strategy] | None = None) -> TrainStep:
+        """Build the step from a Config (gradprom + optim sections).
+
+        :param strategy: wraps the configured strategy (a Flower site's summing wrapper for the server gate).
+        """
         g = cfg.gradprom
         on_cuda = device is not None and device.type == "cuda"
         return cls(enhancer=enhancer, recognizer=recognizer, opt_e=opt_e, opt_r=opt_r,
-                   strategy=make_strategy(g.strategy, g.tau, g.granularity), task=cfg.task,
+                   strategy=(strategy or (lambda s: s))(make_strategy(g.strategy, g.tau, g.granularity)), task=cfg.task,
                    lambda_e=g.lambda_e, lambda_r=g.lambda_r, enhancement_loss=g.enhancement_loss,
                    recognizer_mode=g.recognizer_mode, gate_space=g.gate_space, vjp=g.vjp,
                    reducer=reducer or IdentityReducer(), autocast_dtype=torch.bfloat16 if on_cuda else None,

@@ -63,7 +63,7 @@ def prepare(cfg: Config, spec: TuneSpec, out: str | Path, name: str | None = Non
     if spec.workers_per_trial and cfg.data.batch_size < spec.workers_per_trial:
         raise ConfigError(f"`tune.workers_per_trial`: {spec.workers_per_trial} workers need `data.batch_size` >= "
                           f"{spec.workers_per_trial}, got {cfg.data.batch_size}.")
-    from gradprom.platform.datasets import build_datasets
+    from gradprom.platform.data.sources import build_datasets
 
     build_datasets(cfg)  # every data error now, before Ray starts (DataError)
     base = trial_base(cfg, spec)
@@ -142,7 +142,7 @@ def make_scheduler(cfg: Config, spec: TuneSpec):
 
 def connect(address: str | None, num_cpus: int | None, timeout_s: float = 60.0) -> bool:
     """A private local Ray instance (default) or the cluster at `address`; True when this call started Ray."""
-    from gradprom.platform import ray_train
+    from gradprom.platform.distributed import runner as ray_train
 
     cfg = build_config({"distributed": {"workers": 1, "address": address, "num_cpus": num_cpus,
                                         "timeout_s": timeout_s}}, source="--address/--num-cpus")

@@ -18,9 +18,10 @@ import sys
 
 def _has_project() -> bool:
     try:
-        import gradprom.cli  # noqa: F401
         import ray  # noqa: F401
         import torch  # noqa: F401
+
+        import gradprom.cli  # noqa: F401
     except ImportError:
         return False
     return True

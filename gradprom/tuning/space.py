@@ -83,7 +83,7 @@ class TuneSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _ranges(self) -> "TuneSpec":
+    def _ranges(self) -> TuneSpec:
         for name in SEARCHED:
             lo, hi = getattr(self, name)
             low, high = BOUNDS[name]

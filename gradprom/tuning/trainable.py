@@ -109,7 +109,7 @@ def _train_workers(cfg, run_path: Path) -> None:
     last epoch's, which is reported from the run directory once the run has tested its model (see above)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gradprom.platform.ray_train import train_on_ray
+    from gradprom.platform.distributed.runner import train_on_ray
 
     class HoldLastEpoch(TuneReportCallback):
         """TuneReportCallback that does not forward the last epoch's report."""

@@ -95,11 +95,12 @@ def test_phantoms_carry_a_conflict(task):
     """At a small fixed budget (the quick preset's cell, Gaussian noise, seed 0), joint training lowers PSNR by
     more than 0.1 dB against enhance-only, and cos(g_e, g_r) < 0 on more than 30 % of the steps of the two runs
     together (as the report counts it; segmentation measured 23 % under enhance-only and 94 % under joint)."""
+    import tempfile
+
     from gradprom.experiments.cells import gate_stats
     from gradprom.platform.config import build_config
     from gradprom.platform.loop import train
     from gradprom.platform.rundir import RunDir
-    import tempfile
 
     spec = GridSpec(preset="quick", tasks=[task], degradations=["gaussian"], seeds=1)
     psnr, neg = {}, {}
@@ -121,6 +122,7 @@ def test_a_cell_run_with_another_config_is_not_reused(tmp_path):
     changed = GridSpec(preset="micro", strategies=["gradprom"], tasks=["classification"], degradations=["gaussian"],
                        seeds=1, device="cpu")
     import dataclasses
+
     from gradprom.experiments import grid as grid_mod
     from gradprom.platform.errors import ConfigError
 

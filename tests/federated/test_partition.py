@@ -11,8 +11,14 @@ import pytest
 
 from gradprom.federated.config import build_federation
 from gradprom.federated.export import export_sites
-from gradprom.federated.partition import (describe_sites, info_from_config, info_to_config, load_dataset, load_site,
-                                          split_indices)
+from gradprom.federated.partition import (
+    describe_sites,
+    info_from_config,
+    info_to_config,
+    load_dataset,
+    load_site,
+    split_indices,
+)
 from gradprom.platform.errors import ConfigError, DataError
 
 from ._fed import TINY
@@ -109,8 +115,8 @@ def test_describe_prints_the_sites_table_and_bad_input_exits_2(tmp_path):
 
 
 def test_a_store_with_sites_keeps_its_real_hospitals(tmp_path):
-    from gradprom.platform.phantoms import make_phantoms
-    from gradprom.platform.store_convert import convert
+    from gradprom.platform.data.phantoms import make_phantoms
+    from gradprom.platform.store.convert import convert
 
     sizes = {"north": 12, "south": 7}
     for seed, (site, n) in enumerate(sizes.items()):

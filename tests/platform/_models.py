@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from gradprom.platform.gradients import flatten_grads
 from gradprom.platform.models import build_enhancer, build_recognizer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradprom.platform.config import (build_config, load_config_file, merge, parse_set_option, save_config)
+from gradprom.platform.config import build_config, load_config_file, merge, parse_set_option, save_config
 from gradprom.platform.errors import ConfigError
 
 

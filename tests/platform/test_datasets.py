@@ -9,14 +9,10 @@ import pytest
 import torch
 
 from gradprom.platform.config import build_config
-from gradprom.platform.datasets import (
-    DataInfo,
-    EnhancementDataset,
-    ImageSet,
-    build_datasets,
-    load_npz,
-)
-from gradprom.platform.degradations import parse_degradation
+from gradprom.platform.data.dataset import DataInfo, EnhancementDataset, ImageSet
+from gradprom.platform.data.degradations import parse_degradation
+from gradprom.platform.data.npz import load_npz
+from gradprom.platform.data.sources import build_datasets
 from gradprom.platform.errors import DataError
 
 

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from gradprom.platform.degradations import (
+from gradprom.platform.data.degradations import (
     SHORTHANDS,
     Blur,
     Degradation,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradprom.platform.phantoms import SEG_CLASSES, TEXTURE_NAMES, make_phantom, make_phantoms
+from gradprom.platform.data.phantoms import SEG_CLASSES, TEXTURE_NAMES, make_phantom, make_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,8 @@ def test_texture_differs_per_class(sixty):
 
 def test_speckle_class_is_textured_too():
     ph = make_phantoms(40, seed=2, size=64, num_classes=4)
-    speckle = [_lesion_laplacian(i[0].astype(np.float64), m) for i, l, m in zip(ph.images, ph.labels, ph.masks)
-               if l == 3]
+    speckle = [_lesion_laplacian(i[0].astype(np.float64), m) for i, lab, m in zip(ph.images, ph.labels, ph.masks)
+               if lab == 3]
     assert speckle and min(speckle) > 0.03
 
 

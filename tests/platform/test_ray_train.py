@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from gradprom.platform.build import train_loader
 from gradprom.platform.config import build_config
-from gradprom.platform.datasets import build_datasets
+from gradprom.platform.data.phantoms import make_phantoms
+from gradprom.platform.data.sources import build_datasets
 from gradprom.platform.errors import DataError
-from gradprom.platform.loop import train_loader
-from gradprom.platform.phantoms import make_phantoms
 from gradprom.platform.rundir import RunDir
 
 TAU = 0.3
@@ -42,7 +42,7 @@ GATE_SPACES = ("parameter", "output")  # distributed.timeout_s of the bad-input 
 # data and config
 def write_phantom_store(root: Path) -> Path:
     """Sites a (8 train) and b (5 train), 4 val and 4 test each: phantoms with masks, 32 x 32."""
-    from gradprom.platform.store_convert import convert
+    from gradprom.platform.store.convert import convert
 
     for site, n_train, seed in (("a", 8, 1), ("b", 5, 2)):
         arrays = {}
@@ -110,7 +110,7 @@ def enhancer_diff(a: Path, b: Path) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # pieces without Ray
 def test_global_batches_are_the_local_loaders(tmp_path):
-    from gradprom.platform.ray_worker import global_batches
+    from gradprom.platform.distributed.worker import global_batches
 
     cfg = make_cfg("phantoms", tmp_path, "x", 2).model_copy(deep=True)
     cfg.data.num_train, cfg.data.image_size = 21, 32
@@ -132,8 +132,7 @@ class _FakeShard:
 
 
 def test_train_split_read_back_in_split_order(tmp_path):
-    from gradprom.platform.ray_train import memory_table, train_source
-    from gradprom.platform.ray_worker import read_train_split
+    from gradprom.platform.distributed.ray_data import memory_table, read_train_split, train_source
 
     store = write_phantom_store(tmp_path)
     for source in ("phantoms", store):
@@ -167,7 +166,7 @@ def _reducer_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def _run_steps(rank: int, world: int, gate_space: str, steps: int = 5):
     """Several GradProm steps of the tiny seeded models on fixed global batches of 8, split by rank."""
-    from gradprom.platform.reducers import AllReduceReducer, IdentityReducer
+    from gradprom.platform.distributed.reducers import AllReduceReducer, IdentityReducer
     from gradprom.platform.step import TrainStep
     from gradprom.platform.strategies import make_strategy
 
@@ -214,7 +213,7 @@ def test_two_processes_with_half_batches_match_one_with_the_whole(tmp_path):
 
 
 def test_bad_store_fails_before_ray_starts(tmp_path):
-    from gradprom.platform.ray_train import train_on_ray
+    from gradprom.platform.distributed.runner import train_on_ray
 
     with pytest.raises(DataError, match="does not exist"):
         train_on_ray(make_cfg(tmp_path / "no-such-store", tmp_path, "x", 2))
@@ -240,8 +239,8 @@ def ray_local():
 @pytest.fixture(scope="module")
 def runs(ray_local, tmp_path_factory):
     """Runs of one config, started on first use: local loop, 1 worker, 2 workers, 2 workers with a failure."""
+    from gradprom.platform.distributed.runner import train_on_ray
     from gradprom.platform.loop import train
-    from gradprom.platform.ray_train import train_on_ray
 
     root = tmp_path_factory.mktemp("ray")
     store = write_phantom_store(root)
@@ -293,7 +292,7 @@ def test_two_workers_match_one_worker_and_agree_on_every_gate(runs):
 
 @pytest.mark.slow
 def test_ray_run_directory_is_a_run_directory(runs):
-    from gradprom.platform.loop import evaluate_run
+    from gradprom.platform.evaluate import evaluate_run
 
     path = runs("w2")
     run = RunDir(path)
@@ -325,7 +324,8 @@ def test_failed_worker_restarts_from_the_checkpoint_and_matches(runs):
 
 @pytest.mark.slow
 def test_more_workers_than_the_cluster_places_is_a_clear_error(runs, tmp_path):
-    from gradprom.platform.ray_train import ClusterError, train_on_ray
+    from gradprom.platform.distributed.cluster import ClusterError
+    from gradprom.platform.distributed.runner import train_on_ray
 
     t0 = time.monotonic()
     with pytest.raises(ClusterError, match=r"offers 3 CPUs .* 4 workers need 4 CPUs"):
@@ -366,7 +366,7 @@ def test_cli_bad_address_and_missing_store_exit_2_quickly(tmp_path):
 
 @pytest.mark.slow
 def test_resume_by_run_directory_continues_from_the_last_checkpoint(runs):
-    from gradprom.platform.ray_train import train_on_ray
+    from gradprom.platform.distributed.runner import train_on_ray
 
     path = runs("w1")
     before = steps_of(path)

@@ -8,21 +8,21 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from gradprom.platform.config import build_config
-from gradprom.platform.datasets import load_npz, load_splits
+from gradprom.platform.data.npz import load_npz
+from gradprom.platform.data.readers import ReadOptions
+from gradprom.platform.data.readers.dicom import window_to_unit
+from gradprom.platform.data.readers.fit import center_crop, resize_image
+from gradprom.platform.data.sources import load_splits
 from gradprom.platform.errors import DataError
-from gradprom.platform.readers import ReadOptions
-from gradprom.platform.readers.dicom import window_to_unit
-from gradprom.platform.readers.fit import center_crop, resize_image
-from gradprom.platform.store import Store, decode_images
-from gradprom.platform.store_check import fingerprint
-from gradprom.platform.store_convert import convert
+from gradprom.platform.store.check import fingerprint
+from gradprom.platform.store.convert import convert
+from gradprom.platform.store.format import Store, decode_images
 
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "PID-8675309"
 

@@ -12,15 +12,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from gradprom.platform.build import train_loader
 from gradprom.platform.config import build_config
-from gradprom.platform.datasets import EnhancementDataset, build_datasets, load_splits
+from gradprom.platform.data.dataset import EnhancementDataset
+from gradprom.platform.data.sources import build_datasets, load_splits
 from gradprom.platform.errors import DataError
-from gradprom.platform.loop import train_loader
-from gradprom.platform.store import MANIFEST, Store
-from gradprom.platform.store_check import fingerprint
-from gradprom.platform.store_convert import convert
-from gradprom.platform.store_data import load_store_splits
-from gradprom.platform.store_stream import StreamingEnhancementDataset
+from gradprom.platform.store.check import fingerprint
+from gradprom.platform.store.convert import convert
+from gradprom.platform.store.format import MANIFEST, Store
+from gradprom.platform.store.load import load_store_splits
+from gradprom.platform.store.stream import StreamingEnhancementDataset
 
 from .test_readers import write_npz, write_png_folder
 
@@ -28,7 +29,7 @@ from .test_readers import write_npz, write_png_folder
 @pytest.fixture
 def store(tmp_path):
     """Two sites of 40/8/8 uint8 images, in row groups of 5 rows (so streaming crosses many groups)."""
-    import gradprom.platform.store_write as sw
+    import gradprom.platform.store.write as sw
 
     old = sw.ROW_GROUP_BYTES
     sw.ROW_GROUP_BYTES = 5 * 16 * 16

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from gradprom.cli import main
-from gradprom.platform.store import Store, content_hash
-from gradprom.platform.store_check import check_store
-from gradprom.platform.store_convert import convert
+from gradprom.platform.store.check import check_store
+from gradprom.platform.store.convert import convert
+from gradprom.platform.store.format import Store, content_hash
 
 
 @pytest.fixture

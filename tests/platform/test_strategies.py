@@ -11,8 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradprom.platform.errors import ConfigError
-from gradprom.platform.strategies import (CosineWeighted, EnhanceOnly, GradProm, Joint, ParamLayout, TorchJD,
-                                          cosine, make_strategy, parse_strategy, segment_cosines)
+from gradprom.platform.strategies import (
+    CosineWeighted,
+    EnhanceOnly,
+    GradProm,
+    Joint,
+    ParamLayout,
+    TorchJD,
+    cosine,
+    make_strategy,
+    parse_strategy,
+    segment_cosines,
+)
 
 from ._inputs import pair_with_cosine, typical_pairs
 

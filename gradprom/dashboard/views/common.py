@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import plotly.graph_objects as go
@@ -106,7 +107,7 @@ def parse_time(s: Any) -> datetime | None:
         t = datetime.fromisoformat(str(s))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def duration(info: dict[str, Any]) -> str:
@@ -114,7 +115,7 @@ def duration(info: dict[str, Any]) -> str:
     start, end = parse_time(info.get("start")), parse_time(info.get("end"))
     if start is None:
         return ""
-    secs = int(((end or datetime.now(timezone.utc)) - start).total_seconds())
+    secs = int(((end or datetime.now(UTC)) - start).total_seconds())
     if secs >= 3600:
         return f"{secs // 3600}h {secs % 3600 // 60:02d}m"
     if secs >= 60:

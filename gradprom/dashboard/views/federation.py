@@ -11,8 +11,19 @@ from dash import Input, Output, State, dcc, html
 from plotly.subplots import make_subplots
 
 from ..discover import read_table
-from .common import (PALETTE, cell, changed_run, data_table, graph, int_ticks, message_figure, notice, notice_box, num,
-                     task_metrics)
+from .common import (
+    PALETTE,
+    cell,
+    changed_run,
+    data_table,
+    graph,
+    int_ticks,
+    message_figure,
+    notice,
+    notice_box,
+    num,
+    task_metrics,
+)
 
 GLOBAL = "global"
 ROUND_COLUMNS = ["round", "site", "status", "error", "num_examples", "psnr", "ssim", "accuracy", "auc", "dice",

@@ -17,8 +17,20 @@ from plotly.subplots import make_subplots
 
 from .. import downsample
 from ..discover import Run, read_steps, read_table
-from .common import (cell, changed_run, data_table, duration, file_url, graph, int_ticks, message_figure, notice,
-                     notice_box, num, task_metrics)
+from .common import (
+    cell,
+    changed_run,
+    data_table,
+    duration,
+    file_url,
+    graph,
+    int_ticks,
+    message_figure,
+    notice,
+    notice_box,
+    num,
+    task_metrics,
+)
 
 # the page outputs of the last state of each run, so a reload or a second tab does not rebuild them
 _RENDERED: dict[str, tuple[str, tuple]] = {}

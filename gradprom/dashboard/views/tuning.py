@@ -11,8 +11,19 @@ from dash import Input, Output, State, dcc, html
 from plotly.subplots import make_subplots
 
 from ..discover import Run, read_table
-from .common import (cell, changed_run, data_table, file_url, graph, href, int_ticks, message_figure, notice,
-                     notice_box, num)
+from .common import (
+    cell,
+    changed_run,
+    data_table,
+    file_url,
+    graph,
+    href,
+    int_ticks,
+    message_figure,
+    notice,
+    notice_box,
+    num,
+)
 
 _ORDER = ["trial_id", "run", "status", "epochs", "stopped_early"]
 

@@ -4,15 +4,16 @@ registry below."""
 from __future__ import annotations
 
 import ast
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from ..errors import ConfigError
-from .base import Decision, ParamLayout, Strategy, cosine, segment_cosines
-from .cosine_weighted import CosineWeighted
-from .enhance_only import EnhanceOnly
-from .gradprom import GradProm
-from .joint import Joint
-from .torchjd_adapter import TorchJD
+from gradprom.platform.errors import ConfigError
+from gradprom.platform.strategies.base import Decision, ParamLayout, Strategy, cosine, segment_cosines
+from gradprom.platform.strategies.cosine_weighted import CosineWeighted
+from gradprom.platform.strategies.enhance_only import EnhanceOnly
+from gradprom.platform.strategies.gradprom import GradProm
+from gradprom.platform.strategies.joint import Joint
+from gradprom.platform.strategies.torchjd_adapter import TorchJD
 
 __all__ = ["Decision", "ParamLayout", "Strategy", "cosine", "segment_cosines", "GradProm", "Joint",
            "EnhanceOnly", "CosineWeighted", "TorchJD", "make_strategy", "parse_strategy", "STRATEGY_NAMES",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from .base import Decision, ParamLayout, Strategy, segment_cosines
+from gradprom.platform.strategies.base import Decision, ParamLayout, Strategy, segment_cosines
 
 
 class CosineWeighted(Strategy):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Decision, ParamLayout, Strategy
+from gradprom.platform.strategies.base import Decision, ParamLayout, Strategy
 
 
 class Joint(Strategy):

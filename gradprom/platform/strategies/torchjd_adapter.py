@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Decision, ParamLayout, Strategy
+from gradprom.platform.strategies.base import Decision, ParamLayout, Strategy
 
 
 class TorchJD(Strategy):

@@ -11,10 +11,10 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
-from .errors import DataError  # noqa: E402
-from .store import Store, decode_images  # noqa: E402
-from .store_write import _readable  # noqa: E402
+from gradprom.platform.atomic import atomic_path  # noqa: E402
+from gradprom.platform.errors import DataError  # noqa: E402
+from gradprom.platform.store.format import Store, decode_images  # noqa: E402
+from gradprom.platform.store.write import _readable  # noqa: E402
 
 MAX_ROWS = 40  # (site, class) rows drawn at most
 

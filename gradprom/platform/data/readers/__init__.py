@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
-from .base import STORED_DTYPES, ReadOptions, Reader, Sample
-from .dicom import DicomReader
-from .fit import Fitter
-from .folder import IMAGE_SUFFIXES, FolderReader
-from .medmnist import MedMNISTReader
+from gradprom.platform.data.readers.base import STORED_DTYPES, Reader, ReadOptions, Sample
+from gradprom.platform.data.readers.dicom import DicomReader
+from gradprom.platform.data.readers.fit import Fitter
+from gradprom.platform.data.readers.folder import IMAGE_SUFFIXES, FolderReader
+from gradprom.platform.data.readers.medmnist import MedMNISTReader
+from gradprom.platform.errors import DataError
 
 FORMATS = ("auto", "medmnist", "folder", "dicom")
 _READERS = {"medmnist": MedMNISTReader, "folder": FolderReader, "dicom": DicomReader}

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
 
-from ..errors import DataError
-from .base import ReadOptions, Sample, as_stored, check_label, relative
-from .folder import read_labels_csv
+from gradprom.platform.data.readers.base import ReadOptions, Sample, as_stored, check_label, relative
+from gradprom.platform.data.readers.folder import read_labels_csv
+from gradprom.platform.errors import DataError
 
 log = logging.getLogger(__name__)
 VERSION = "1"

@@ -11,16 +11,16 @@ With DataLoader workers, each worker takes every n-th row group.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .datasets import _SPLIT_CODE, sample_generator
-from .degradations import Degradation
-from .errors import DataError
-from .store import Part, Store, decode_images, decode_masks
+from gradprom.platform.data.dataset import SPLIT_CODE, sample_generator
+from gradprom.platform.data.degradations import Degradation
+from gradprom.platform.errors import DataError
+from gradprom.platform.store.format import Part, Store, decode_images, decode_masks
 
 log = logging.getLogger(__name__)
 BUFFER_BYTES = 256 << 20
@@ -91,8 +91,8 @@ class StreamingEnhancementDataset(IterableDataset):
             for index, x, y in self._rows(np.arange(len(self.groups))[wid::nw], None):
                 yield self._item(index, x, y)
             return
-        rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], self._epoch(), wid])
-        order = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], self._epoch()]).permutation(len(self.groups))
+        rng = np.random.default_rng([self.seed, SPLIT_CODE[self.split], self._epoch(), wid])
+        order = np.random.default_rng([self.seed, SPLIT_CODE[self.split], self._epoch()]).permutation(len(self.groups))
         buf: list[tuple[int, np.ndarray, np.ndarray]] = []
         for row in self._rows(order[wid::nw], rng):
             if len(buf) < self.buffer:

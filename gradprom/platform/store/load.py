@@ -1,5 +1,5 @@
-"""A store or an image folder as `data.source`: the same ImageSets and DataInfo as the other sources, or,
-for a large store, streaming datasets that read it by row groups (`data.streaming`)."""
+"""A store as `data.source`: the same ImageSets and DataInfo as the other sources (read whole into memory),
+or, for a large store, streaming datasets that read it by row groups (`data.streaming`)."""
 
 from __future__ import annotations
 
@@ -9,45 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import SPLITS, DataInfo, ImageSet, _split_off
-from .degradations import Degradation
-from .errors import ConfigError, DataError
-from .readers import Fitter, FolderReader, ReadOptions
-from .store import SCALE, Store, decode_images, decode_masks, is_store
-from .store_convert import SplitRule
-from .store_stream import StreamingEnhancementDataset
+from gradprom.platform.config import Config
+from gradprom.platform.data.dataset import SPLITS, DataInfo, ImageSet
+from gradprom.platform.data.degradations import Degradation
+from gradprom.platform.data.holdout import holdout_mask
+from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.store.format import Store, decode_images, decode_masks, is_store
+from gradprom.platform.store.stream import StreamingEnhancementDataset
 
 log = logging.getLogger(__name__)
 
 
-def load_dir_splits(cfg) -> tuple[dict[str, ImageSet], DataInfo]:
-    """A directory as `data.source`: a store (whole, in memory) or an image folder with labels.csv."""
-    src = Path(cfg.data.source)
-    if is_store(src):
-        return load_store_splits(cfg)
-    if (src / "labels.csv").is_file():
-        return load_folder_splits(cfg)
-    if any(src.glob("site=*")):
-        raise DataError(f"{str(src)!r} looks like a store but has no _store.json: it is incomplete (an interrupted "
-                        f"conversion?); convert again into a new directory.")
-    raise DataError(f"config field `data.source`: {str(src)!r} is a directory but neither a store (no _store.json) "
-                    f"nor an image folder (no labels.csv with columns file, label[, mask][, site][, split]).")
-
-
 # ---- stores -------------------------------------------------------------------------------------------------
-def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Seeded choice of about `fraction` of n rows (at least one, never all) as a validation hold-out."""
-    u = np.random.default_rng([seed, 0x5EED]).random(n)
-    mask = u < fraction
-    if n < 2:
-        raise DataError(f"the train split has {n} images; too few to hold out a validation split.")
-    if not mask.any():
-        mask[np.argmin(u)] = True
-    if mask.all():
-        mask[np.argmax(u)] = False
-    return mask
-
-
 def _task_parts(store: Store, task: str, sites: list[str] | None) -> dict[str, list]:
     """The selected parts per split, checked to carry what the task needs and to cover train and test."""
     out = {s: store.select(s, sites) for s in SPLITS}
@@ -94,17 +67,14 @@ def read_store_split(store: Store, parts: list, task: str) -> ImageSet:
     return ImageSet(images, labels, masks, sites.astype(str))
 
 
-def load_store_splits(cfg) -> tuple[dict[str, ImageSet], DataInfo]:
+def load_store_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
     """All selected rows of a store in memory (a store without val holds out `data.val_fraction` of train)."""
     store, sites = Store(cfg.data.source), cfg.data.sites
     parts = _task_parts(store, cfg.task, sites)
     sets = {s: read_store_split(store, parts[s], cfg.task) for s in SPLITS if parts[s]}
     if "val" not in sets:
         keep_val = holdout_mask(len(sets["train"]), cfg.data.val_fraction, cfg.seed)
-        train = sets["train"]
-        take = lambda m: ImageSet(train.images[m], None if train.labels is None else train.labels[m],  # noqa: E731
-                                  None if train.masks is None else train.masks[m], train.sites[m])
-        sets["train"], sets["val"] = take(~keep_val), take(keep_val)
+        sets["train"], sets["val"] = sets["train"].subset(~keep_val), sets["train"].subset(keep_val)
         log.info("%s has no val split: held out %d of train as validation", store.path, len(sets["val"]))
     return sets, _info(store, cfg.task, sites)
 
@@ -126,7 +96,7 @@ def _available_bytes() -> float:
     return avail
 
 
-def use_streaming(cfg, store: Store) -> bool:
+def use_streaming(cfg: Config, store: Store) -> bool:
     """`data.streaming` resolved: "auto" streams when the store would not fit comfortably in memory."""
     mode = cfg.data.streaming
     if mode != "auto":
@@ -140,7 +110,7 @@ def use_streaming(cfg, store: Store) -> bool:
     return False
 
 
-def streaming_datasets(cfg, degradation: Degradation) -> tuple[dict[str, StreamingEnhancementDataset], DataInfo] | None:
+def streaming_datasets(cfg: Config, degradation: Degradation) -> tuple[dict[str, StreamingEnhancementDataset], DataInfo] | None:
     """Streaming datasets of the three splits when `data.source` is a store to stream; else None."""
     src = cfg.data.source
     if src == "phantoms" or not is_store(src):
@@ -173,40 +143,4 @@ def streaming_datasets(cfg, degradation: Degradation) -> tuple[dict[str, Streami
     return out, info
 
 
-# ---- image folders ------------------------------------------------------------------------------------------
-def load_folder_splits(cfg) -> tuple[dict[str, ImageSet], DataInfo]:
-    """An image folder with labels.csv read straight into memory (one size required: no resizing here)."""
-    src = Path(cfg.data.source)
-    reader, fitter, rule = FolderReader(src, ReadOptions()), Fitter(), SplitRule.parse("auto", cfg.seed)
-    rows: dict[str, list] = {s: [] for s in SPLITS}
-    for s in reader:
-        site = s.site or src.name
-        if cfg.data.sites is None or site in cfg.data.sites:
-            rows[rule(fitter(s))].append((s, site))
-    if cfg.data.sites is not None and not any(rows.values()):
-        raise DataError(f"Image folder {str(src)!r} has no images of sites {cfg.data.sites} (config field `data.sites`).")
-    sets: dict[str, ImageSet] = {}
-    for split, items in rows.items():
-        if not items:
-            continue
-        images = np.stack([np.divide(s.image, np.float32(SCALE[s.image.dtype.name]), dtype=np.float32) for s, _ in items])
-        labels = np.array([s.label for s, _ in items], np.int64) if all(s.label is not None for s, _ in items) else None
-        masks = np.stack([s.mask for s, _ in items]).astype(np.int64) if all(s.mask is not None for s, _ in items) else None
-        sets[split] = ImageSet(images, labels, masks, np.array([site for _, site in items]))
-    for split in ("train", "test"):
-        if split not in sets:
-            raise DataError(f"Image folder {str(src)!r} has no {split} images: give its labels CSV a `split` column "
-                            f"(train/val/test), or convert it with `gradprom data convert --split-by random`.")
-    if "val" not in sets:
-        sets["train"], sets["val"] = _split_off(sets["train"], cfg.data.val_fraction, cfg.seed)
-    c, h, w = sets["train"].images.shape[1:]
-    k = int(max(d.labels.max() for d in sets.values() if d.labels is not None)) + 1 if all(
-        d.labels is not None for d in sets.values()) else 0
-    seg = max(int(max(d.masks.max() for d in sets.values())) + 1, 2) if all(d.masks is not None for d in sets.values()) else 0
-    if cfg.task == "classification" and k < 2:
-        raise DataError(f"Image folder {str(src)!r}: classification needs labels of at least two classes.")
-    return sets, DataInfo(c, (h, w), k, seg if cfg.task == "segmentation" else 0, str(src))
-
-
-__all__ = ["holdout_mask", "load_dir_splits", "load_folder_splits",
-           "load_store_splits", "streaming_datasets", "use_streaming"]
+__all__ = ["load_store_splits", "read_store_split", "streaming_datasets", "use_streaming"]

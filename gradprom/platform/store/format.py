@@ -21,16 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from gradprom.platform.errors import DataError
 
 log = logging.getLogger(__name__)
 MANIFEST = "_store.json"

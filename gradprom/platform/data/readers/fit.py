@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
-from .base import Sample
+from gradprom.platform.data.readers.base import Sample
+from gradprom.platform.errors import DataError
 
 FIT_MODES = ("resize", "crop")
 _SCALE = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}

@@ -16,7 +16,7 @@ import re
 import shutil
 import uuid
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
-from .errors import ConfigError, DataError
-from .readers.base import SPLITS, Sample
-from .store import COMMON_METADATA, FORMAT, FORMAT_VERSION, MANIFEST, SCHEMA, Part, Store, content_hash, manifest_text
+from gradprom.platform.atomic import atomic_path
+from gradprom.platform.data.readers.base import SPLITS, Sample
+from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.store.format import (
+    COMMON_METADATA,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SCHEMA,
+    Part,
+    Store,
+    content_hash,
+    manifest_text,
+)
 
 log = logging.getLogger(__name__)
 SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -118,7 +128,7 @@ class StoreWriter:
         self.existing_sites: list[str] = []
 
     # ---- life cycle -----------------------------------------------------------------------------------
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         if self.path.exists() and not self.path.is_dir():
             raise DataError(f"Output {str(self.path)!r} is a file; expected a store directory (new or existing).")
         if self.path.is_dir() and not (self.path / MANIFEST).is_file() and any(self.path.iterdir()):
@@ -204,7 +214,7 @@ class StoreWriter:
         convert = len(m["converts"])
         m["converts"].append({**self.provenance, "sites": sorted({w.part.site for w in self.done}),
                               "rows": self.rows(), "id": self.id,
-                              "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                              "time": datetime.now(UTC).isoformat(timespec="seconds")})
         for w in self.done:
             w.part.convert = convert
             m["parts"].append(asdict(w.part))

@@ -6,13 +6,14 @@ Stored pixel types (the store keeps them as they are; training scales them to fl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import DataError
+from gradprom.platform.errors import DataError
 
 STORED_DTYPES = ("uint8", "uint16", "float32")
 SPLITS = ("train", "val", "test")

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
-from .base import SPLITS, ReadOptions, Sample, as_stored, check_label, check_mask, relative
+from gradprom.platform.data.readers.base import (
+    SPLITS,
+    ReadOptions,
+    Sample,
+    as_stored,
+    check_label,
+    check_mask,
+    relative,
+)
+from gradprom.platform.errors import DataError
 
 log = logging.getLogger(__name__)
 VERSION = "1"

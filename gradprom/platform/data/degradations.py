@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError
+from gradprom.platform.errors import ConfigError
 
 SHORTHANDS = {
     "gaussian": "gaussian:sigma=0.1",

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from .errors import DataError
-from .store import MANIFEST, SCALE, Store, content_hash
+from gradprom.platform.errors import DataError
+from gradprom.platform.store.format import MANIFEST, SCALE, Store, content_hash
 
 MAX_PER_KIND = 5  # findings of one kind shown before "... and N more"
 
