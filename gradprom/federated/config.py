@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gradprom.platform.atomic import atomic_write_text
-from gradprom.platform.config import Config, _format_validation_error, build_config
+from gradprom.platform.config import Config, build_config, format_validation_error
 from gradprom.platform.errors import ConfigError
 
 FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
@@ -122,7 +122,7 @@ def build_federation(data: dict[str, Any] | None = None, source: str = "defaults
     try:
         fed = FedConfig.model_validate(fed_raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source).replace("config field `", "config field `federated.")
+        raise ConfigError(format_validation_error(err, source).replace("config field `", "config field `federated.")
                           ) from None
     if fed.gate_level == "server" and cfg.gradprom.gate_space != "parameter":
         raise ConfigError(f"Invalid configuration ({source}): `federated.gate_level: server` gates the enhancer's "

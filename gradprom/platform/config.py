@@ -192,7 +192,7 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -211,7 +211,7 @@ def build_config(data: dict[str, Any] | None = None, source: str = "defaults") -
     try:
         return Config.model_validate(data or {})
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
     except ConfigError as err:
         raise ConfigError(f"Invalid configuration ({source}): {err}") from None
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from gradprom.platform.atomic import atomic_path  # noqa: E402
 from gradprom.platform.errors import DataError  # noqa: E402
 from gradprom.platform.store.format import Store, decode_images  # noqa: E402
-from gradprom.platform.store.write import _readable  # noqa: E402
+from gradprom.platform.store.write import make_readable  # noqa: E402
 
 MAX_ROWS = 40  # (site, class) rows drawn at most
 
@@ -63,6 +63,6 @@ def save_grid(store_path: str | Path, out: str | Path, per_row: int = 8, split: 
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-        _readable(tmp)
+        make_readable(tmp)
     plt.close(fig)
     return out

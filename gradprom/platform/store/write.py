@@ -53,7 +53,7 @@ def check_site(site: str) -> str:
     return site
 
 
-def _readable(path: Path) -> None:
+def make_readable(path: Path) -> None:
     """Temp files are created 0600; a store is data to share, so give it the usual umask permissions."""
     umask = os.umask(0)
     os.umask(umask)
@@ -221,10 +221,10 @@ class StoreWriter:
         schema = SCHEMA.with_metadata({"gradprom.store": json.dumps({k: m[k] for k in ("format", "version", "shape")})})
         with atomic_path(self.path / COMMON_METADATA) as tmp:
             pq.write_metadata(schema, tmp)
-            _readable(tmp)
+            make_readable(tmp)
         with atomic_path(self.path / MANIFEST) as tmp:  # the publishing step: parts listed here exist
             tmp.write_text(manifest_text(m))
-            _readable(tmp)
+            make_readable(tmp)
         log.info("published %d part files into %s", len(self.done), self.path)
 
     def abort(self) -> None:
