@@ -16,40 +16,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gradprom.config_flags import FlagTable, add_config_options, merged_config
+from gradprom.config_flags import FlagTable, add_config_options, merged_config, source_of
 
-# flag -> dotted config field (flags not given are not applied, so a config file's values stand)
+# flag -> config field (type, choices, default and help come from the field; flags not given are not applied,
+# so a config file's values stand)
 TRAIN_FLAGS: FlagTable = {
-    "task": ("task", str, "classification | segmentation"),
-    "seed": ("seed", int, "random seed of data, degradations and model init"),
-    "data": ("data.source", str, "'phantoms' (embedded default), a MedMNIST-style .npz, a store made by "
-             "`gradprom data convert`, or an image folder with labels.csv"),
-    "degradation": ("data.degradation", str, "e.g. gaussian:sigma=0.1, lowdose, sr2, 'blur:sigma=1+gaussian:sigma=0.05'"),
-    "batch_size": ("data.batch_size", int, "training batch size"),
-    "strategy": ("gradprom.strategy", str, "gradprom | joint | enhance_only | cosine_weighted | pcgrad | torchjd:NAME"),
-    "tau": ("gradprom.tau", float, "gate threshold in [-1, 1] (>= 0 keeps the descent guarantee)"),
-    "granularity": ("gradprom.granularity", str, "global | layer"),
-    "gate_space": ("gradprom.gate_space", str, "parameter (the paper's gate) | output (cheap approximation)"),
-    "lambda_e": ("gradprom.lambda_e", float, "weight of the enhancement loss"),
-    "lambda_r": ("gradprom.lambda_r", float, "weight of the recognition loss in the enhancer's objective"),
-    "recognizer_mode": ("gradprom.recognizer_mode", str, "joint | clean | frozen"),
-    "recognizer_checkpoint": ("gradprom.recognizer_checkpoint", str, "checkpoint to load the recognizer from"),
-    "epochs": ("optim.epochs", int, "number of epochs"),
-    "lr": ("optim.lr", float, "enhancer learning rate (Adam)"),
-    "max_steps_per_epoch": ("optim.max_steps_per_epoch", int, "cap on steps per epoch (quick runs)"),
-    "out": ("run.out", str, "runs directory (default: runs)"),
-    "name": ("run.name", str, "run name (default: <strategy>-<task>-<time>)"),
-    "device": ("run.device", str, "auto | cpu | cuda (bf16 autocast on cuda)"),
-    "workers": ("distributed.workers", int, "train on N Ray Train workers (0 = the local loop, the default)"),
-    "gpus_per_worker": ("distributed.gpus_per_worker", float, "GPUs per Ray Train worker (> 0: CUDA + NCCL)"),
-    "address": ("distributed.address", str, "join this Ray cluster ('auto' or HOST:PORT); default: start a "
-                "local Ray instance"),
+    "task": "task", "seed": "seed", "data": "data.source", "degradation": "data.degradation",
+    "batch_size": "data.batch_size", "strategy": "gradprom.strategy", "tau": "gradprom.tau",
+    "granularity": "gradprom.granularity", "gate_space": "gradprom.gate_space", "lambda_e": "gradprom.lambda_e",
+    "lambda_r": "gradprom.lambda_r", "recognizer_mode": "gradprom.recognizer_mode",
+    "recognizer_checkpoint": "gradprom.recognizer_checkpoint", "epochs": "optim.epochs", "lr": "optim.lr",
+    "max_steps_per_epoch": "optim.max_steps_per_epoch", "out": "run.out", "name": "run.name",
+    "device": "run.device", "workers": "distributed.workers", "gpus_per_worker": "distributed.gpus_per_worker",
+    "address": "distributed.address",
 }
+TRAIN_METAVARS = {"data": "SOURCE", "degradation": "SPEC", "strategy": "NAME", "recognizer_checkpoint": "PATH",
+                  "out": "DIR", "name": "NAME", "address": "HOST:PORT"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     add_config_options(p, TRAIN_FLAGS, config_help="YAML config (e.g. a run's config.yaml); flags override it",
-                       set_help="set any config field, e.g. --set model.enhancer=basicunet (repeatable)")
+                       set_help="set any config field, e.g. --set model.enhancer=basicunet (repeatable)",
+                       metavars=TRAIN_METAVARS)
 
 
 def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
@@ -57,10 +45,8 @@ def resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None)
     from gradprom.platform.config import build_config
 
     raw = merged_config(args, TRAIN_FLAGS, base)
-    sources = ["defaults"] + ([args.config] if getattr(args, "config", None) else [])
-    if len(sources) > 1 or getattr(args, "sets", None):
-        sources.append("command line")
-    return build_config(raw, source=" + ".join(sources))
+    first = f"{args.resume}/config.yaml" if getattr(args, "resume", None) else "defaults"
+    return build_config(raw, source=source_of(args, TRAIN_FLAGS, first))
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -94,6 +80,13 @@ def _print_run_summary(path: Path) -> None:
     shown = {k: v for k, v in test.items() if k in ("psnr", "psnr_input", "ssim", "accuracy", "auc", "dice")}
     print(f"run finished: {path}")
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from gradprom.platform.config import annotated_defaults
+
+    print(annotated_defaults().strip())
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -190,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("config", help="print every config field with its default and what it means",
+                       description="Print the default configuration as YAML, each field under a comment that says "
+                                   "what it does. Save it, edit what you need and pass it with --config.")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("demo", help="train each strategy for a few minutes on the phantoms and compare")
     p.add_argument("--task", default="classification", choices=["classification", "segmentation"])

@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
-from gradprom.config_flags import FlagTable, add_config_options, merged_config
+from gradprom.config_flags import FlagTable, add_config_options, merged_config, source_of
 
-# flag -> (dotted config field, type, help); flags not given leave the config file's values alone
+log = logging.getLogger(__name__)
+# flag -> config field (type, choices, default and help from the field), or (field, a note)
 FLAGS: FlagTable = {
-    "hospitals": ("federated.hospitals", int, "number of hospitals (sites) [default 4]"),
-    "rounds": ("federated.rounds", int, "federated rounds [default 3]; with --resume, the new total"),
-    "strategy": ("federated.strategy", str, "Flower aggregation: fedavg (default) | fedprox | fedadam | fedyogi"),
-    "local_steps": ("federated.local_steps", int, "GradProm steps per site per round [default 4]"),
-    "gate_level": ("federated.gate_level", str, "local (each site gates its own steps, default) | server "
-                   "(the server gates the aggregated enhancement/task pair)"),
-    "min_nodes": ("federated.min_nodes", int, "sites a round needs [default: all]"),
-    "round_timeout": ("federated.round_timeout_s", float, "seconds a round waits for replies [default 600]"),
-    "dirichlet_alpha": ("federated.dirichlet_alpha", float, "case-mix skew: label shares ~ Dirichlet(alpha)"),
-    "size_skew": ("federated.size_skew", float, "size skew: site k gets a share ~ (1 + skew)^-k"),
-    "proximal_mu": ("federated.proximal_mu", float, "fedprox: weight of the proximal term"),
-    "num_cpus": ("federated.num_cpus", int, "CPUs of the private Ray instance [default: one per site, up to all]"),
-    "tau": ("gradprom.tau", float, "gate threshold in [-1, 1] (sites; the server gate with --gate-level server)"),
-    "task": ("task", str, "classification | segmentation"),
-    "data": ("data.source", str, "phantoms (default), a MedMNIST-style .npz, or a store (with --set "
-             "federated.use_store_sites=true: one hospital per stored site)"),
-    "seed": ("seed", int, "seed of the partition, the noise and the model init"),
-    "out": ("run.out", str, "runs directory [default runs]"),
-    "name": ("run.name", str, "run name [default federated-<strategy>-<task>-<time>]"),
+    "hospitals": "federated.hospitals", "rounds": ("federated.rounds", "with --resume, the new total"),
+    "aggregation": "federated.strategy", "strategy": "gradprom.strategy", "local_steps": "federated.local_steps",
+    "gate_level": "federated.gate_level", "min_nodes": "federated.min_nodes",
+    "round_timeout": "federated.round_timeout_s", "dirichlet_alpha": "federated.dirichlet_alpha",
+    "size_skew": "federated.size_skew", "proximal_mu": "federated.proximal_mu", "num_cpus": "federated.num_cpus",
+    "tau": ("gradprom.tau", "sites; the server gate with --gate-level server"), "task": "task",
+    "data": ("data.source", "a store with --set federated.use_store_sites=true: one hospital per stored site"),
+    "seed": "seed", "out": "run.out", "name": ("run.name", "null: federated-<strategy>-<task>-<time>"),
 }
+METAVARS = {"data": "SOURCE", "out": "DIR", "name": "NAME", "strategy": "NAME"}
 
 
 def register(sub) -> None:
@@ -45,7 +37,7 @@ def register(sub) -> None:
                     ".degradation, .data).")
     add_config_options(p, FLAGS, config_help="YAML: engine sections plus a `federated:` section (a federation's "
                        "config.yaml re-runs it)", set_help="set any config field, e.g. --set data.num_train=256 "
-                       "--set federated.sites.0.tau=0.5")
+                       "--set federated.sites.0.tau=0.5", metavars=METAVARS)
     p.add_argument("--describe", action="store_true", help="print the table of sites (samples, class mix, "
                    "degradation) and exit without training")
     p.add_argument("--export-sites", metavar="DIR", help="write each site's images to DIR/hospital-<k>.npz (for a "
@@ -57,6 +49,18 @@ def register(sub) -> None:
 
 def resolve(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The raw federation config: base <- --config <- --set <- flags (validated by build_federation)."""
+    from .config import FL_STRATEGIES
+
+    if getattr(args, "strategy", None) and args.strategy.startswith("fed"):
+        # --strategy once named the aggregation here; it now names the gate, as in `gradprom train`
+        log.warning("`gradprom federate --strategy %s` is deprecated for the aggregation: use --aggregation %s "
+                    "(--strategy now chooses the gate, as in `gradprom train`)", args.strategy, args.strategy)
+        if args.strategy not in FL_STRATEGIES:
+            from gradprom.platform.errors import ConfigError
+            raise ConfigError(f"--aggregation (formerly --strategy; config field `federated.strategy`): got "
+                              f"{args.strategy!r}; expected one of "
+                              f"{', '.join(FL_STRATEGIES)}.")
+        args.aggregation, args.strategy = args.aggregation or args.strategy, None
     return merged_config(args, FLAGS, base)
 
 
@@ -73,7 +77,8 @@ def cmd_federate(args: argparse.Namespace) -> int:
                             f"the directory `gradprom federate` wrote, e.g. runs/<name>.")
         base = load_config_file(Path(args.resume) / "config.yaml")
     raw = resolve(args, base)
-    cfg, fed = build_federation(raw, source="command line" if not args.config else args.config)
+    cfg, fed = build_federation(raw, source=source_of(args, FLAGS, f"{args.resume}/config.yaml" if args.resume
+                                                      else "defaults"))
     if args.describe:
         _print_sites(cfg, fed)
         return 0

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gradprom.platform.atomic import atomic_write_text
-from gradprom.platform.config import Config, build_config, format_validation_error
+from gradprom.platform.config import Config, F, build_config, format_validation_error
 from gradprom.platform.errors import ConfigError
 
 FL_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
@@ -46,46 +46,39 @@ class FedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     # --- hospitals -------------------------------------------------------------------------------------
-    hospitals: int = Field(4, ge=1, le=256)
-    # case mix: label shares of each site ~ Dirichlet(alpha); large alpha = IID, small = skewed
-    dirichlet_alpha: float = Field(1.0, gt=0.0)
-    # size: site k gets a share proportional to (1 + size_skew)^-k of the images (0 = equal sizes)
-    size_skew: float = Field(0.5, ge=0.0, le=10.0)
-    # scanner/dose: site k's input is `gaussian:sigma=s_k` with s_k spread evenly over [noise_min, noise_max]
-    # (None: every site uses `data.degradation`); `sites.<k>.degradation` overrides one site
-    noise_min: float | None = Field(0.05, ge=0.0)
-    noise_max: float | None = Field(0.2, ge=0.0)
-    # share of each site's images kept for its own validation
-    site_val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    # a store with a `site` column: one hospital per stored site instead of a synthetic split
-    use_store_sites: bool = False
-    sites: dict[int, SiteOverride] = Field(default_factory=dict)
+    hospitals: int = F(4, "number of hospitals (sites)", ge=1, le=256)
+    dirichlet_alpha: float = F(1.0, "case mix: each site's label shares ~ Dirichlet(alpha); large = IID, small = "
+                               "skewed", gt=0.0)
+    size_skew: float = F(0.5, "size: site k gets a share ~ (1 + size_skew)^-k of the images (0 = equal)", ge=0.0,
+                         le=10.0)
+    noise_min: float | None = F(0.05, "scanner/dose ramp: site k's input is gaussian:sigma=s_k, s_k spread over "
+                                "[noise_min, noise_max] (null: every site uses data.degradation)", ge=0.0)
+    noise_max: float | None = F(0.2, "upper end of the scanner/dose ramp", ge=0.0)
+    site_val_fraction: float = F(0.2, "share of each site's images kept for its own validation", gt=0.0, lt=1.0)
+    use_store_sites: bool = F(False, "a store with a site column: one hospital per stored site")
+    sites: dict[int, SiteOverride] = Field(default_factory=dict, description="per-site overrides by index")
     # --- rounds and local work --------------------------------------------------------------------------
-    rounds: int = Field(3, ge=1)
-    local_steps: int = Field(4, ge=1)  # GradProm steps per site per round
-    # local gating (each site's own gate, the default) or `server`: the server gates the aggregated pair
-    gate_level: Literal["local", "server"] = "local"
+    rounds: int = F(3, "federated rounds", ge=1)
+    local_steps: int = F(4, "GradProm steps per site per round", ge=1)
+    gate_level: Literal["local", "server"] = F("local", "local: each site gates its own steps; server: the server "
+                                               "gates the aggregated enhancement/task pair")
     # --- aggregation (Flower's strategies) -------------------------------------------------------------
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
-    proximal_mu: float = Field(0.01, ge=0.0)  # fedprox: weight of (mu/2)|w - w_global|^2 in the local step
-    server_lr: float = Field(0.01, gt=0.0)  # fedadam/fedyogi: eta
-    server_tau: float = Field(1e-3, gt=0.0)  # fedadam/fedyogi: adaptivity (tau)
-    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
-    # client-side evaluation of each new global model on every site's own split (eval_* columns); off saves one
-    # message per site and round (in a real deployment each message starts a ClientApp process)
-    evaluate_sites: bool = True
-    # sites that must be connected before a round starts (Flower's min_available/min_train nodes; None = all)
-    min_nodes: int | None = Field(None, ge=1)
-    # a round updates the global model only when at least this many sites answered with usable weights;
-    # otherwise the global model stays as it was and the round's global row is `failed`
-    min_answers: int = Field(1, ge=1)
-    round_timeout_s: float = Field(600.0, gt=0.0)
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = F("fedavg", "Flower aggregation strategy")
+    proximal_mu: float = F(0.01, "fedprox: weight of (mu/2)|w - w_global|^2 in the local step", ge=0.0)
+    server_lr: float = F(0.01, "fedadam/fedyogi: server learning rate (eta)", gt=0.0)
+    server_tau: float = F(1e-3, "fedadam/fedyogi: adaptivity (tau)", gt=0.0)
+    fraction_train: float = F(1.0, "share of the sites asked to train each round", gt=0.0, le=1.0)
+    evaluate_sites: bool = F(True, "every site evaluates each new global model on its own split (off saves one "
+                             "message per site and round)")
+    min_nodes: int | None = F(None, "sites that must be connected before a round starts (null = all)", ge=1)
+    min_answers: int = F(1, "a round updates the global model only when this many sites answered usably", ge=1)
+    round_timeout_s: float = F(600.0, "seconds a round waits for replies", gt=0.0)
     # --- runtime -----------------------------------------------------------------------------------------
-    cpus_per_client: float = Field(1.0, gt=0.0)  # simulation: Ray CPUs per ClientApp
-    num_cpus: int | None = Field(None, ge=1)  # simulation: CPUs of the private Ray instance (None = all)
-    # debugging and tests: keep each site's returned weights per round under <run>/updates/
-    record_updates: bool = False
-    faults: list[Fault] = Field(default_factory=list)
+    cpus_per_client: float = F(1.0, "simulation: Ray CPUs per ClientApp", gt=0.0)
+    num_cpus: int | None = F(None, "simulation: CPUs of the private Ray instance (null = one per site, up to all)",
+                             ge=1)
+    record_updates: bool = F(False, "debugging and tests: keep each site's returned weights under <run>/updates/")
+    faults: list[Fault] = Field(default_factory=list, description="fault injection for tests and drills")
 
     @model_validator(mode="after")
     def _consistent(self) -> FedConfig:
@@ -122,7 +115,8 @@ def build_federation(data: dict[str, Any] | None = None, source: str = "defaults
     try:
         fed = FedConfig.model_validate(fed_raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source).replace("config field `", "config field `federated.")
+        raise ConfigError(format_validation_error(err, source, FedConfig).replace("config field `", "config field `federated.")
+                          .replace("(did you mean `", "(did you mean `federated.")
                           ) from None
     if fed.gate_level == "server" and cfg.gradprom.gate_space != "parameter":
         raise ConfigError(f"Invalid configuration ({source}): `federated.gate_level: server` gates the enhancer's "

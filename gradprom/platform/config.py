@@ -24,32 +24,35 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+def F(default: Any = ..., description: str = "", **kw: Any) -> Any:
+    """A config field: its default, its one description (the CLI's --help and the docs read it), its limits."""
+    return Field(default, description=description, **kw)
+
+
 class DataConfig(_Section):
-    # where images come from: "phantoms" (embedded generator), a store directory (`gradprom data convert`),
-    # an image folder with a labels.csv, or a path to a MedMNIST-style .npz
-    source: str = "phantoms"
-    # phantoms only: image side in pixels, number of texture classes, split sizes, texture strength
-    image_size: int = Field(64, ge=16, le=1024)
-    num_classes: int = Field(3, ge=2, le=4)
-    num_train: int = Field(1024, ge=1)
-    num_val: int = Field(256, ge=1)
-    num_test: int = Field(256, ge=1)
-    texture_contrast: float = Field(0.06, gt=0.0, le=0.5)
-    # degradation applied to the clean image to make the network input; see degradations.parse_degradation
-    degradation: str = "gaussian:sigma=0.1"
-    batch_size: int = Field(32, ge=1)
-    # share of `train` held out as validation when an .npz has no val_* arrays
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    # torch DataLoader worker processes (0 = load in the training process)
-    loader_workers: int = Field(0, ge=0)
-    # store or image folder: use only these sites (None = all); every image keeps its site
-    sites: list[str] | None = Field(None, min_length=1)
-    # store: "on" reads it by row groups (a store larger than memory trains), "off" loads it whole, "auto"
-    # streams when the selected images take more than `stream_above_mb` as float32, or half the memory available
-    streaming: Literal["auto", "on", "off"] = "auto"
-    stream_above_mb: float = Field(1024.0, gt=0.0)
-    # streaming: images in the shuffle buffer (more = closer to a full shuffle; also capped at ~256 MB)
-    shuffle_buffer: int = Field(2048, ge=1)
+    """data: where the images come from and how they are degraded and batched."""
+
+    source: str = F("phantoms", "'phantoms' (the embedded generator), a store directory (`gradprom data convert`), "
+                    "an image folder with a labels.csv, or a MedMNIST-style .npz")
+    image_size: int = F(64, "phantoms: image side in pixels", ge=16, le=1024)
+    num_classes: int = F(3, "phantoms: number of texture classes", ge=2, le=4)
+    num_train: int = F(1024, "phantoms: training images", ge=1)
+    num_val: int = F(256, "phantoms: validation images", ge=1)
+    num_test: int = F(256, "phantoms: test images", ge=1)
+    texture_contrast: float = F(0.06, "phantoms: amplitude of the lesion texture that carries the class", gt=0.0,
+                                le=0.5)
+    degradation: str = F("gaussian:sigma=0.1", "the degradation that makes the network input from the clean image, "
+                         "e.g. gaussian:sigma=0.1, lowdose, sr2, 'blur:sigma=1+gaussian:sigma=0.05'")
+    batch_size: int = F(32, "training batch size (the global batch under Ray Train)", ge=1)
+    val_fraction: float = F(0.1, "share of train held out as validation when the source has no validation split "
+                            "(one seeded rule for every source)", gt=0.0, lt=1.0)
+    loader_workers: int = F(0, "torch DataLoader worker processes (0 = load in the training process)", ge=0)
+    sites: list[str] | None = F(None, "store or image folder: use only these sites (null = all)", min_length=1)
+    streaming: Literal["auto", "on", "off"] = F("auto", "store: 'on' reads it by row groups (larger than memory), "
+                                               "'off' loads it whole, 'auto' streams above `stream_above_mb` or "
+                                               "half the memory available")
+    stream_above_mb: float = F(1024.0, "store: stream when its images take more than this as float32", gt=0.0)
+    shuffle_buffer: int = F(2048, "streaming: images in the shuffle buffer (also capped at ~256 MB)", ge=1)
 
     @field_validator("streaming", mode="before")
     @classmethod
@@ -58,14 +61,19 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # enhancer E: MONAI "unet" (residual units) or "basicunet"; output = input + residual
-    enhancer: Literal["unet", "basicunet"] = "unet"
-    enhancer_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2, max_length=6)
-    # recognizer R: "resnet" or "densenet" (classification), "unet" (segmentation); None picks by task
-    recognizer: Literal["resnet", "densenet", "unet"] | None = None
-    recognizer_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2, max_length=6)
-    # recognizer normalisation; "instance" has no batch statistics (worker-count independent under DDP)
-    recognizer_norm: Literal["batch", "instance"] = "batch"
+    """model: the two networks (MONAI)."""
+
+    enhancer: Literal["unet", "basicunet"] = F("unet", "enhancer E: MONAI 'unet' (residual units) or 'basicunet'; "
+                                              "output = input + residual")
+    enhancer_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2, max_length=6,
+                                         description="enhancer channels per level")
+    recognizer: Literal["resnet", "densenet", "unet"] | None = F(None, "recognizer R: 'resnet' or 'densenet' "
+                                                                 "(classification), 'unet' (segmentation); null "
+                                                                 "picks by task")
+    recognizer_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2, max_length=6,
+                                           description="recognizer channels per level")
+    recognizer_norm: Literal["batch", "instance"] = F("batch", "recognizer normalisation; 'instance' has no batch "
+                                                      "statistics (worker-count independent under DDP)")
 
     @model_validator(mode="after")
     def _positive_channels(self) -> ModelConfig:
@@ -75,32 +83,30 @@ class ModelConfig(_Section):
         return self
 
 
-class GateConfig(_Section):
-    # how E's update is built from g_e and g_r: gradprom | joint | enhance_only | cosine_weighted | pcgrad |
-    # torchjd:NAME[:k=v,...] (any torchjd aggregator over the stacked pair [g_e, g_r])
-    strategy: str = "gradprom"
-    # gate threshold: g_r is added when cos(g_e, g_r) > tau. tau >= 0 guarantees <update, g_e> >= |g_e|^2
-    # (a descent direction for the enhancement loss); tau < 0 is allowed for search but loses that guarantee.
-    tau: float = Field(0.0, ge=-1.0, le=1.0)
-    # "global": one cosine over all enhancer parameters; "layer": one decision per parameter tensor
-    granularity: Literal["global", "layer"] = "global"
-    # "parameter": the paper's gate on dL/dtheta_E; "output": a cheap approximation that gates on the
-    # upstream gradients at the enhanced image and runs a single VJP (costs what a joint step costs)
-    gate_space: Literal["parameter", "output"] = "parameter"
-    # how the two parameter-space gradients are computed: two VJPs sharing one forward pass ("sequential",
-    # measured faster on CPU) or one batched VJP (torch.autograd.grad(is_grads_batched=True))
-    vjp: Literal["sequential", "batched"] = "sequential"
-    lambda_e: float = Field(1.0, gt=0.0)
-    lambda_r: float = Field(0.1, ge=0.0)
-    # enhancement loss: "l1" or "l1_ssim" (L1 + (1 - SSIM))
-    enhancement_loss: Literal["l1", "l1_ssim"] = "l1"
-    # how R learns: on E's output ("joint"), on the clean image ("clean"), or not at all ("frozen")
-    recognizer_mode: Literal["joint", "clean", "frozen"] = "joint"
-    # checkpoint to load R from (required for "frozen"; optional warm start otherwise)
-    recognizer_checkpoint: str | None = None
+class GradPromConfig(_Section):
+    """gradprom: how the enhancer's update is built from g_e and g_r, and how R learns."""
+
+    strategy: str = F("gradprom", "how E's update is built from g_e and g_r: gradprom | joint | enhance_only | "
+                      "cosine_weighted | pcgrad | torchjd:NAME[:k=v,...]")
+    tau: float = F(0.0, "gate threshold: g_r is added when cos(g_e, g_r) > tau; tau >= 0 keeps the descent "
+                   "guarantee <update, g_e> >= |g_e|^2, tau < 0 (allowed for search) loses it", ge=-1.0, le=1.0)
+    granularity: Literal["global", "layer"] = F("global", "'global': one cosine over all enhancer parameters; "
+                                                "'layer': one decision per parameter tensor")
+    gate_space: Literal["parameter", "output"] = F("parameter", "'parameter': the paper's gate on dL/dθ_E; "
+                                                   "'output': gates the upstream gradients at the enhanced image "
+                                                   "and runs one VJP (what a joint step costs; not the same gate)")
+    vjp: Literal["sequential", "batched"] = F("sequential", "the two parameter-space gradients: two VJPs sharing "
+                                              "one forward pass, or one batched VJP")
+    lambda_e: float = F(1.0, "weight of the enhancement loss", gt=0.0)
+    lambda_r: float = F(0.1, "weight of the recognition loss in the enhancer's objective", ge=0.0)
+    enhancement_loss: Literal["l1", "l1_ssim"] = F("l1", "enhancement loss: L1, or L1 + (1 - SSIM)")
+    recognizer_mode: Literal["joint", "clean", "frozen"] = F("joint", "how R learns: on E's output (joint), on the "
+                                                             "clean image (clean), or not at all (frozen)")
+    recognizer_checkpoint: str | None = F(None, "checkpoint to load R from (required for frozen; a warm start "
+                                          "otherwise)")
 
     @model_validator(mode="after")
-    def _consistent(self) -> GateConfig:
+    def _consistent(self) -> GradPromConfig:
         from gradprom.platform.strategies import OUTPUT_SPACE_STRATEGIES, parse_strategy
 
         parse_strategy(self.strategy)  # raises ConfigError naming the strategy
@@ -119,58 +125,62 @@ class GateConfig(_Section):
 
 
 class OptimConfig(_Section):
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(1e-3, gt=0.0)  # enhancer (Adam)
-    lr_recognizer: float = Field(1e-3, gt=0.0)  # recognizer (Adam)
-    weight_decay: float = Field(0.0, ge=0.0)
-    # a step whose losses or gradients are NaN/Inf is skipped; this many in a row stops the run
-    max_nonfinite_streak: int = Field(10, ge=1)
-    # stop after this many optimizer steps per epoch (None = the whole train split); for quick runs
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    """optim: optimizers, epochs and the non-finite guard."""
+
+    epochs: int = F(10, "number of epochs", ge=1)
+    lr: float = F(1e-3, "enhancer learning rate (Adam)", gt=0.0)
+    lr_recognizer: float = F(1e-3, "recognizer learning rate (Adam)", gt=0.0)
+    weight_decay: float = F(0.0, "weight decay of both optimizers", ge=0.0)
+    max_nonfinite_streak: int = F(10, "a step whose losses or gradients are NaN/Inf is skipped; this many in a row "
+                                  "stop the run", ge=1)
+    max_steps_per_epoch: int | None = F(None, "cap on optimizer steps per epoch (null = the whole train split); "
+                                        "for quick runs", ge=1)
 
 
-class RunConfig(_Section):
-    out: str = "runs"  # the runs directory; a run lives in <out>/<name>
-    name: str | None = None  # default: <strategy>-<task>-<time>
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available; bf16 autocast on cuda
-    monitor: Literal["psnr", "ssim", "task"] = "psnr"  # validation metric that picks the best checkpoint
-    flush_seconds: float = Field(5.0, gt=0.0)  # how often step rows are flushed to steps/*.parquet
-    num_threads: int | None = Field(None, ge=1)  # torch CPU threads (None = torch's default)
-    # redraw figures/ after every epoch (live view); False draws them once at the end (grids of short runs)
-    figures_every_epoch: bool = True
+class RunSettings(_Section):
+    """run: where a run is written and how it is monitored."""
+
+    out: str = F("runs", "the runs directory; a run lives in <out>/<name>")
+    name: str | None = F(None, "run name (null: <strategy>-<task>-<time>)")
+    device: Literal["auto", "cpu", "cuda"] = F("auto", "auto = cuda when available; bf16 autocast on cuda")
+    monitor: Literal["psnr", "ssim", "task"] = F("psnr", "validation metric that picks the best checkpoint")
+    flush_seconds: float = F(5.0, "how often step rows are flushed to steps/*.parquet", gt=0.0)
+    num_threads: int | None = F(None, "torch CPU threads (null = torch's default)", ge=1)
+    figures_every_epoch: bool = F(True, "redraw figures/ after every epoch (live view); false draws them once at "
+                                  "the end")
 
 
 class DistributedConfig(_Section):
-    # Ray Train data-parallel workers; 0 = the local loop (no Ray). `gradprom train --workers N`
-    workers: int = Field(0, ge=0, le=4096)
-    gpus_per_worker: float = Field(0.0, ge=0.0)  # > 0: workers train on CUDA with NCCL; 0: CPU with gloo
-    cpus_per_worker: float = Field(1.0, gt=0.0)
-    # None = start a private local Ray instance; "auto" = join the cluster running on this machine;
-    # "HOST:PORT" (the head's GCS port, 6379 by default) = join that cluster
-    address: str | None = None
-    # local instance only: logical CPUs Ray may use (None = workers * cpus_per_worker + 1, one for Ray Data)
-    num_cpus: int | None = Field(None, ge=1)
-    # worker-group restarts from the latest checkpoint after a failure (-1 = retry forever)
-    max_failures: int = Field(0, ge=-1)
-    # Ray Train keeps this many checkpoints, the best by `checkpoint_metric` (latest.pt and best.pt always exist)
-    keep_checkpoints: int = Field(2, ge=1)
-    checkpoint_metric: Literal["psnr", "ssim", "task", "loss_e", "loss_r", "gate_open_rate", "mean_cos"] = "psnr"
-    checkpoint_order: Literal["max", "min"] = "max"
-    # seconds to reach the cluster and to wait for it to offer the workers' resources, then a clear error
-    timeout_s: float = Field(60.0, gt=0.0)
-    # check that all workers took the same gate decisions and hold bit-identical weights: once per epoch
-    # (one small all-gather), after every step (tests, debugging), or never
-    sync_check: Literal["off", "epoch", "step"] = "epoch"
+    """distributed: Ray Train (`gradprom train --workers N`)."""
+
+    workers: int = F(0, "Ray Train data-parallel workers; 0 = the local loop (no Ray)", ge=0, le=4096)
+    gpus_per_worker: float = F(0.0, "GPUs per worker (> 0: CUDA with NCCL; 0: CPU with gloo)", ge=0.0)
+    cpus_per_worker: float = F(1.0, "CPUs per worker", gt=0.0)
+    address: str | None = F(None, "null = a private local Ray instance; 'auto' = the cluster on this machine; "
+                            "HOST:PORT (the head's GCS port) = join that cluster")
+    num_cpus: int | None = F(None, "local instance only: logical CPUs Ray may use (null = workers x "
+                             "cpus_per_worker + 1)", ge=1)
+    max_failures: int = F(0, "worker-group restarts from the latest checkpoint after a failure (-1 = forever)",
+                          ge=-1)
+    keep_checkpoints: int = F(2, "Ray Train keeps this many checkpoints, the best by `checkpoint_metric`", ge=1)
+    checkpoint_metric: Literal["psnr", "ssim", "task", "loss_e", "loss_r", "gate_open_rate", "mean_cos"] = F(
+        "psnr", "the metric that ranks Ray Train's checkpoints")
+    checkpoint_order: Literal["max", "min"] = F("max", "higher or lower `checkpoint_metric` is better")
+    timeout_s: float = F(60.0, "seconds to reach the cluster and to wait for its resources", gt=0.0)
+    sync_check: Literal["off", "epoch", "step"] = F("epoch", "check that all workers took the same gate decisions "
+                                                    "and hold identical weights: per epoch, per step, or never")
 
 
 class Config(_Section):
-    task: Task = "classification"
-    seed: int = 0
+    """One run's configuration: task, seed and six sections."""
+
+    task: Task = F("classification", "classification | segmentation")
+    seed: int = F(0, "random seed of data, degradations and model init")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    gradprom: GateConfig = Field(default_factory=GateConfig)
+    gradprom: GradPromConfig = Field(default_factory=GradPromConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
+    run: RunSettings = Field(default_factory=RunSettings)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @model_validator(mode="after")
@@ -192,18 +202,43 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+MAX_SHOWN = 200  # characters of an offending value quoted in an error (a YAML alias bomb expands to megabytes)
+
+
+def shown(value: Any) -> str:
+    """repr of a value, cut to MAX_SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + f"... ({len(text)} characters)"
+
+
+def close_field(loc: tuple, model: type[BaseModel]) -> str:
+    """' (did you mean `section.field`?)' for a mistyped field name, or ''."""
+    import difflib
+
+    *parents, name = [str(p) for p in loc]
+    for part in parents:
+        info = model.model_fields.get(part)
+        sub = getattr(info, "annotation", None)
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return ""
+        model = sub
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean `{'.'.join([*parents, close[0]])}`?)" if close else ""
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One paragraph: each bad field, the value found (cut short) and what is allowed."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown config field `{loc}`")
+            lines.append(f"unknown config field `{loc}`" + close_field(e["loc"], model or Config))
         elif "input" in e and not isinstance(e["input"], dict):
-            lines.append(f"config field `{loc}`: got {e['input']!r}; {msg}")
+            lines.append(f"config field `{loc}`: got {shown(e['input'])}; {msg}")
         else:
             lines.append(f"config: {msg}" if loc == "(top level)" else f"config field `{loc}`: {msg}")
-    return f"Invalid configuration ({source}): " + "; ".join(lines) + "."
+    return f"Invalid configuration ({source[:300]}): " + "; ".join(lines[:20]) + "."
 
 
 def build_config(data: dict[str, Any] | None = None, source: str = "defaults") -> Config:
@@ -266,3 +301,22 @@ def parse_set_option(text: str) -> dict[str, Any]:
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def annotated_defaults(model: type[BaseModel] | None = None, indent: str = "") -> str:
+    """Every field with its default, its description above it as a YAML comment: `gradprom config` prints it,
+    and the text is a valid config file that changes nothing."""
+    import textwrap
+
+    lines: list[str] = []
+    for name, info in (model or Config).model_fields.items():
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            doc = (sub.__doc__ or "").split(":", 1)[-1].strip()
+            lines += ["", f"{indent}{name}:" + (f"  # {doc}" if doc else ""), annotated_defaults(sub, indent + "  ")]
+            continue
+        lines += [f"{indent}# {c}" for c in textwrap.wrap(info.description or "", 118 - len(indent))]
+        value = yaml.safe_dump({name: info.get_default(call_default_factory=True)}, default_flow_style=True,
+                               width=1000).strip()[1:-1]
+        lines.append(f"{indent}{value}")
+    return "\n".join(lines)
