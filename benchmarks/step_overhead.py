@@ -42,9 +42,9 @@ def sync(device: torch.device) -> None:
 def measure(batch: int = 32, size: int = 64, repeats: int = 15, warmup: int = 3,
             channels: tuple[int, ...] = (16, 32, 64), recognizer_channels: tuple[int, ...] = (16, 32, 64),
             device: str | torch.device = "cpu", precision: str = "auto", compile_backend: str | None = None,
-            deadline: float | None = None) -> dict[str, Any]:
+            deadline: float | None = None, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Median ms per variant, the ratios, peak CUDA memory per variant; stops repeating at `deadline`
-    (time.monotonic()) and says how many repeats it got."""
+    (time.monotonic()) and says how many repeats it got. `only` keeps just the variants named."""
     device = torch.device(device)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -125,6 +125,8 @@ def measure(batch: int = 32, size: int = 64, repeats: int = 15, warmup: int = 3,
         assign_flat_grad(r_params, buf[2 * P:-2])
 
     variants["bookkeeping"] = bookkeeping
+    if only is not None:
+        variants = {k: v for k, v in variants.items() if k in only}
 
     times: dict[str, list[float]] = {k: [] for k in variants}
     first: dict[str, float] = {}
