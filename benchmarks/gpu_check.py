@@ -34,10 +34,11 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the checkout and step_overhead.py, without an install
@@ -279,18 +280,20 @@ def stage_bf16(plan: Plan, deadline: float) -> dict[str, Any]:
             return float(d.cos), float(d.gate_open), dtypes
         finally:
             s.autocast_dtype = old
-            for b, v in zip((*E.buffers(), *R.buffers()), saved):
+            for b, v in zip((*E.buffers(), *R.buffers()), saved, strict=True):
                 b.copy_(v)
 
     runs: dict[str, dict[str, list]] = {}
     probe_cos, probe_gate, dtypes = [], [], {}
     done = {}
+    # the fp32 run (with its probes, the dearer one) gets 60 % of the cap; the bf16 run then repeats its steps
+    fp32_deadline = time.monotonic() + 0.6 * (deadline - time.monotonic())
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        m, s, how = make(dtype)
+        m, s, built_by = make(dtype)
         rec = {"cos": [], "gate": [], "loss_e": []}
         t0 = time.perf_counter()
         for i, (x_lq, x_hq, y) in enumerate(batches):
-            if time.monotonic() > deadline:
+            if time.monotonic() > (fp32_deadline if name == "fp32" else deadline) or i >= done.get("fp32", n):
                 break
             if name == "fp32":  # numerics alone: the bf16 decision at the fp32 run's weights
                 c, g, dtypes = probe(s, x_lq, x_hq, y)
@@ -307,8 +310,9 @@ def stage_bf16(plan: Plan, deadline: float) -> dict[str, Any]:
     g32, g16 = runs["fp32"]["gate"][:k], runs["bf16"]["gate"][:k]
     kp = len(probe_cos)
     pc32, pg32 = runs["fp32"]["cos"][:kp], runs["fp32"]["gate"][:kp]
-    flips = [{"step": i + 1, "cos_fp32": pc32[i], "cos_bf16": probe_cos[i]} for i in range(kp) if pg32[i] != probe_gate[i]]
-    d_same = [abs(a - b) for a, b in zip(pc32, probe_cos)]
+    flips = [{"step": i + 1, "cos_fp32": pc32[i], "cos_bf16": probe_cos[i]}
+             for i in range(kp) if pg32[i] != probe_gate[i]]
+    d_same = [abs(a - b) for a, b in zip(pc32, probe_cos, strict=True)]
     tau = cfg.gradprom.tau
     same_weights = {
         "steps": kp, "identical_gate_share": _share(pg32, probe_gate), "mean_abs_dcos": _mean(d_same),
@@ -318,7 +322,7 @@ def stage_bf16(plan: Plan, deadline: float) -> dict[str, Any]:
     }
     trajectories = {
         "steps": k, "identical_gate_share": _share(g32, g16),
-        "mean_abs_dcos": _mean([abs(a - b) for a, b in zip(c32, c16)]),
+        "mean_abs_dcos": _mean([abs(a - b) for a, b in zip(c32, c16, strict=True)]),
         "gate_open_rate": {"fp32": _mean(g32), "bf16": _mean(g16)},
         "mean_cos": {"fp32": _mean(c32), "bf16": _mean(c16)},
         "final_psnr": {"fp32": runs["fp32"]["final_psnr"], "bf16": runs["bf16"]["final_psnr"]},
@@ -329,7 +333,7 @@ def stage_bf16(plan: Plan, deadline: float) -> dict[str, Any]:
     changed = same_weights["identical_gate_share"] < 1.0 and same_weights["flips_beyond_max_dcos_of_tau"] > 0
     return {"status": "ok" if k == n else "truncated", "device": plan.device, "cell": setup["cell"],
             "batch": cfg.data.batch_size, "image_size": cfg.data.image_size, "steps_asked": n, "tau": tau,
-            "dtypes_under_autocast": dtypes, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "models_built_by": built_by, "dtypes_under_autocast": dtypes, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "same_weights": same_weights, "trajectories": trajectories,
             "verdict": ("bf16 flips gate decisions away from the threshold: the gate needs fp32 inputs" if changed else
                         "bf16 changes no gate decision except within its cosine error of tau"),
@@ -337,7 +341,7 @@ def stage_bf16(plan: Plan, deadline: float) -> dict[str, Any]:
 
 
 def _share(a: list[float], b: list[float]) -> float:
-    return sum(x == y for x, y in zip(a, b)) / len(a) if a else math.nan
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a) if a else math.nan
 
 
 def _mean(v: list[float]) -> float:
@@ -479,7 +483,7 @@ def default_out(dry: bool) -> Path:
     if dry or not torch.cuda.is_available():
         return ROOT / "runs" / "gpu-check-dry"
     name = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
-    return ROOT / "docs" / "gpu" / f"{datetime.now(timezone.utc):%Y-%m-%d}-{name}"
+    return ROOT / "docs" / "gpu" / f"{datetime.now(UTC):%Y-%m-%d}-{name}"
 
 
 def run_stage(results: dict, name: str, fn: Callable[[float], dict[str, Any]], cap: float, out: Path) -> None:
@@ -535,7 +539,8 @@ def summary(results: dict) -> str:
                   "| | identical gate decisions | mean abs Δcos | final PSNR fp32 / bf16 (dB) |", "|---|---|---|---|",
                   f"| same weights and batches (numerics alone) | {_f(sw['identical_gate_share'])} | "
                   f"{_f(sw['mean_abs_dcos'], '.2e')} | |",
-                  f"| two trajectories from one seed | {_f(tr['identical_gate_share'])} | {_f(tr['mean_abs_dcos'], '.2e')} | "
+                  f"| two trajectories from one seed | {_f(tr['identical_gate_share'])} | "
+                  f"{_f(tr['mean_abs_dcos'], '.2e')} | "
                   f"{_f(tr['final_psnr']['fp32'], '.2f')} / {_f(tr['final_psnr']['bf16'], '.2f')} |", "",
                   f"dtypes under autocast: {b['dtypes_under_autocast']}. Verdict: {b['verdict']}."]
     for stage in ("step", "compile"):
@@ -592,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gradprom: error: benchmarks/gpu_check.py: no CUDA device is available here; run it on a GPU "
               "machine, or pass --dry-run to exercise every stage on the CPU.", file=sys.stderr)
         return 2
-    results = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "dry_run": args.dry_run,
+    results = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "dry_run": args.dry_run,
                "command": "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "plan": {k: v for k, v in vars(plan).items()}, "stages": {}}
     stages: dict[str, Callable[[float], dict[str, Any]]] = {
