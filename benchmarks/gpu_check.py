@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
@@ -584,15 +585,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", default="env,tests,bf16,step,compile,ray,cell", help="comma-separated subset")
     ap.add_argument("--ray", action="store_true", help="dry run: run the Ray stage too")
     ap.add_argument("--bf16-steps", type=int, help="steps of the bf16 comparison (default 200)")
+    ap.add_argument("--bf16-batch", type=int, help="batch of the bf16 comparison (default: the preset's)")
     ap.add_argument("--cell-steps", type=int, help="timed steps of the paper cell (default 300)")
+    ap.add_argument("--cap", action="append", default=[], metavar="STAGE=SECONDS", help="a stage's time cap")
     args = ap.parse_args(argv)
-    plan = DRY if args.dry_run else FULL
+    base = DRY if args.dry_run else FULL
+    plan = dataclasses.replace(base, caps=dict(base.caps))  # the flags below must not change the presets
     if args.ray:
         plan.ray = True
     if args.bf16_steps:
         plan.bf16_steps = args.bf16_steps
     if args.cell_steps:
         plan.cell_steps = args.cell_steps
+    if args.bf16_batch:
+        plan.bf16_batch = args.bf16_batch
+    for c in args.cap:
+        name, _, sec = c.partition("=")
+        try:
+            plan.caps[name] = float(sec)
+        except ValueError:
+            print(f"gradprom: error: --cap {c!r}: expected STAGE=SECONDS, e.g. --cap bf16=120.", file=sys.stderr)
+            return 2
     if plan.device == "cuda" and not torch.cuda.is_available():
         print("gradprom: error: benchmarks/gpu_check.py: no CUDA device is available here; run it on a GPU "
               "machine, or pass --dry-run to exercise every stage on the CPU.", file=sys.stderr)
