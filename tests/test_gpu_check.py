@@ -55,6 +55,10 @@ def test_dry_run_bf16_comparison_has_real_values(dry_run):
         assert b[part]["steps"] == b["steps_asked"] == 8
         assert 0.0 <= b[part]["identical_gate_share"] <= 1.0
         assert 0.0 <= b[part]["mean_abs_dcos"] <= 2.0
+    for probe in ("both", "enhancer_only", "recognizer_only"):
+        assert 0.0 <= b["same_weights"][probe]["identical_gate_share"] <= 1.0
+        assert b["same_weights"][probe]["mean_abs_dcos"] >= 0.0
+    assert isinstance(b["bf16_changes_gate"], bool) and b["verdict"].startswith("bf16 ")
     psnr = b["trajectories"]["final_psnr"]
     assert all(10.0 < psnr[k] < 100.0 for k in ("fp32", "bf16"))
     assert b["dtypes_under_autocast"]["grads"] == "torch.float32"
