@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
@@ -93,11 +94,24 @@ def test_dry_run_cell_extrapolation(dry_run):
     assert c["grid_hours"] == pytest.approx(sum(t["grid_hours"] for t in c["tasks"].values()))
 
 
-def test_unknown_stage_is_a_clear_error(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check"] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
-    assert mod.main(["--dry-run", "--stages", "env,bogus", "--out", str(tmp_path / "o")]) == 2
+    return mod
+
+
+def test_unknown_stage_is_a_clear_error(gpu_check, tmp_path, capsys):
+    assert gpu_check.main(["--dry-run", "--stages", "env,bogus", "--out", str(tmp_path / "o")]) == 2
     assert "--stages: unknown ['bogus']" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_full_run_without_cuda_is_a_clear_error(gpu_check, tmp_path, capsys):
+    assert gpu_check.main(["--stages", "env", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "--dry-run" in err
     assert not (tmp_path / "o").exists()
