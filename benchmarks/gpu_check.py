@@ -54,6 +54,7 @@ MODULES = ("numpy", "pydantic", "pydantic_core", "yaml", "monai", "torchjd", "to
            "quadprog", "scipy", "pytest", "hypothesis", "pyarrow", "matplotlib", "ray")
 COMPILE_VARIANTS = ("joint", "gradprom", "gradprom-batched", "joint-compiled", "gradprom-compiled",
                     "gradprom-batched-compiled")
+FP32_VARIANTS = ("joint", "gradprom", "gradprom-out")
 TEST_FILES = ("tests/platform/test_step.py", "tests/platform/test_strategies.py", "tests/platform/test_precision.py")
 
 
@@ -252,7 +253,17 @@ def val_psnr(E, ds, device: torch.device, batch: int = 64) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # bf16
 def stage_bf16(plan: Plan, deadline: float) -> dict[str, Any]:
-    """Same seed, same batches, fp32 and bf16 autocast; gate decisions, cosines and final PSNR compared."""
+    """Same seed, same batches, fp32 and bf16 autocast; gate decisions, cosines and final PSNR compared. The
+    fp32 reference is strict fp32: cuDNN's TF32 convolutions (on by default) are off for this stage."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return _bf16_vs_fp32(plan, deadline)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _bf16_vs_fp32(plan: Plan, deadline: float) -> dict[str, Any]:
     from gradprom.platform.gradients import enhancer_gradient_pair
     from gradprom.platform.step import TrainStep
 
@@ -376,18 +387,25 @@ def stage_step(plan: Plan, deadline: float, compile_backend: str | None = None) 
     """step_overhead.measure at each size (the compile stage: the first size only, with torch.compile(E))."""
     import step_overhead
 
-    sizes = plan.step_sizes[:1] if compile_backend else plan.step_sizes
+    # (size, batch, precision, variants): every size in the engine's precision; on CUDA also the first size with
+    # `run.precision: fp32`, the price of keeping bf16 rounding out of the gate
+    runs = [(size, batch, "auto", None) for size, batch in plan.step_sizes]
+    if compile_backend:
+        runs = [(*plan.step_sizes[0], "auto", COMPILE_VARIANTS)]
+    elif plan.device == "cuda":
+        runs.append((*plan.step_sizes[0], "fp32", FP32_VARIANTS))
     out = {}
-    for i, (size, batch) in enumerate(sizes):
-        # split what is left of the cap between the sizes still to run
-        share = (deadline - time.monotonic()) / (len(sizes) - i)
+    for i, (size, batch, precision, only) in enumerate(runs):
+        key = f"{size}x{batch}" + ("-fp32" if precision == "fp32" else "")
+        # split what is left of the cap between the runs still to come
+        share = (deadline - time.monotonic()) / (len(runs) - i)
         try:
-            out[f"{size}x{batch}"] = step_overhead.measure(
+            out[key] = step_overhead.measure(
                 batch=batch, size=size, repeats=plan.step_repeats, warmup=2, channels=plan.step_channels,
-                recognizer_channels=plan.step_channels, device=plan.device, compile_backend=compile_backend,
-                deadline=time.monotonic() + share, only=COMPILE_VARIANTS if compile_backend else None)
+                recognizer_channels=plan.step_channels, device=plan.device, precision=precision,
+                compile_backend=compile_backend, deadline=time.monotonic() + share, only=only)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory at 256²: record, try the next size
-            out[f"{size}x{batch}"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+            out[key] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
         if plan.device == "cuda":
             torch.cuda.empty_cache()
     res: dict[str, Any] = {"status": "ok", "runs": out}

@@ -133,6 +133,9 @@ class RunConfig(_Section):
     out: str = "runs"  # the runs directory; a run lives in <out>/<name>
     name: str | None = None  # default: <strategy>-<task>-<time>
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available; bf16 autocast on cuda
+    # training step on CUDA: "bf16" runs E's and R's passes under bf16 autocast (faster); "fp32" keeps them in fp32,
+    # so bf16 rounding cannot move the gate's cosine (benchmarks/gpu_check.py measures how much it does)
+    precision: Literal["bf16", "fp32"] = "bf16"
     monitor: Literal["psnr", "ssim", "task"] = "psnr"  # validation metric that picks the best checkpoint
     flush_seconds: float = Field(5.0, gt=0.0)  # how often step rows are flushed to steps/*.parquet
     num_threads: int | None = Field(None, ge=1)  # torch CPU threads (None = torch's default)

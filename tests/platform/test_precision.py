@@ -33,3 +33,24 @@ def test_gate_sees_fp32_under_bf16_autocast(gate_space, vjp, device):
     assert not res.skipped
     assert gate.seen == (torch.float32, torch.float32, torch.float32)
     assert all(p.dtype == torch.float32 for p in E.parameters())
+
+
+@pytest.mark.parametrize("device_type,precision,expected", [("cuda", "bf16", torch.bfloat16), ("cuda", "fp32", None),
+                                                           ("cpu", "bf16", None)])
+def test_run_precision_picks_the_steps_autocast(device_type, precision, expected):
+    """`run.precision` decides bf16 autocast on CUDA; on the CPU the step always runs in fp32."""
+    from gradprom.platform.config import build_config
+
+    cfg = build_config({"run": {"precision": precision}})
+    E, R, *_ = tiny()
+    step = TrainStep.from_config(cfg, E, R, torch.optim.SGD(E.parameters(), lr=0.1), None,
+                                 device=torch.device(device_type))
+    assert step.autocast_dtype == expected
+
+
+def test_run_precision_rejects_other_values():
+    from gradprom.platform.config import build_config
+    from gradprom.platform.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"run\.precision"):
+        build_config({"run": {"precision": "fp16"}})
