@@ -8,16 +8,23 @@ median over repeats:
   gradprom-out the engine's TrainStep, output-space gate (one VJP through E)
 and the share of the GradProm step spent in gating and bookkeeping (flattening, the fused buffer, the
 non-finite check, the strategy, writing the update back), timed on the same tensors.
+On CUDA every variant runs under bf16 autocast, as the engine does (`--precision fp32` turns it off), and the
+peak memory of each variant is reported. `--compile BACKEND` adds the same steps with torch.compile(E)
+(with AOTAutograd's donated buffers off: the sequential VJP retains E's graph for its second pass).
 
 Usage: python benchmarks/step_overhead.py [--batch 32] [--size 64] [--repeats 15] [--device cpu|cuda]
+       [--channels 16,32,64] [--recognizer-channels 16,32,64] [--precision bf16|fp32] [--compile inductor]
 Targets (issue 3): gradprom/floor <= 1.15, bookkeeping <= 5 %, gradprom-out/joint <= 1.05.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,53 +40,74 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--channels", default="16,32,64", help="enhancer U-Net channels")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    chans = [int(c) for c in args.channels.split(",")]
+def measure(batch: int = 32, size: int = 64, repeats: int = 15, warmup: int = 3,
+            channels: tuple[int, ...] = (16, 32, 64), recognizer_channels: tuple[int, ...] = (16, 32, 64),
+            device: str | torch.device = "cpu", precision: str = "auto", compile_backend: str | None = None,
+            deadline: float | None = None, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Median ms per variant, the ratios, peak CUDA memory per variant; stops repeating at `deadline`
+    (time.monotonic()) and says how many repeats it got. `only` keeps just the variants named."""
+    device = torch.device(device)
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     torch.manual_seed(0)
-    E = build_enhancer("unet", 1, 1, chans).to(device)
-    R = build_recognizer("resnet", "classification", 1, 3, [16, 32, 64]).to(device)
-    x_hq = torch.rand(args.batch, 1, args.size, args.size, device=device)
+    E = build_enhancer("unet", 1, 1, list(channels)).to(device)
+    R = build_recognizer("resnet", "classification", 1, 3, list(recognizer_channels)).to(device)
+    x_hq = torch.rand(batch, 1, size, size, device=device)
     x_lq = x_hq + 0.1 * torch.randn_like(x_hq)
-    y = torch.randint(0, 3, (args.batch,), device=device)
+    y = torch.randint(0, 3, (batch,), device=device)
     opt_e = torch.optim.Adam(E.parameters(), lr=1e-5)
     opt_r = torch.optim.Adam(R.parameters(), lr=1e-5)
     lam_r = 0.1
 
-    def joint():
-        x_hat = E(x_lq)
-        loss = F.l1_loss(x_hat, x_hq) + lam_r * F.cross_entropy(R(x_hat), y)
-        loss.backward()
-        opt_e.step(), opt_r.step()
-        opt_e.zero_grad(set_to_none=True), opt_r.zero_grad(set_to_none=True)
+    def joint_of(enh):
+        def joint():
+            with autocast():
+                x_hat = enh(x_lq)
+                out = R(x_hat)
+            loss = F.l1_loss(x_hat.float(), x_hq) + lam_r * F.cross_entropy(out.float(), y)
+            loss.backward()
+            opt_e.step(), opt_r.step()
+            opt_e.zero_grad(set_to_none=True), opt_r.zero_grad(set_to_none=True)
+        return joint
 
     def floor():
-        x_hat = E(x_lq)
-        F.l1_loss(x_hat, x_hq).backward(retain_graph=True)
-        (lam_r * F.cross_entropy(R(x_hat), y)).backward()
+        with autocast():
+            x_hat = E(x_lq)
+        F.l1_loss(x_hat.float(), x_hq).backward(retain_graph=True)
+        with autocast():
+            out = R(x_hat)
+        (lam_r * F.cross_entropy(out.float(), y)).backward()
         opt_e.step(), opt_r.step()
         opt_e.zero_grad(set_to_none=True), opt_r.zero_grad(set_to_none=True)
 
-    steps = {
-        "gradprom": TrainStep(E, R, opt_e, opt_r, GradProm(0.0), lambda_r=lam_r, vjp="sequential"),
-        "gradprom-batched": TrainStep(E, R, opt_e, opt_r, GradProm(0.0), lambda_r=lam_r, vjp="batched"),
-        "gradprom-layer": TrainStep(E, R, opt_e, opt_r, GradProm(0.0, "layer"), lambda_r=lam_r),
-        "gradprom-out": TrainStep(E, R, opt_e, opt_r, GradProm(0.0), lambda_r=lam_r, gate_space="output"),
+    def step(enh, strategy=None, **kw):
+        s = TrainStep(enh, R, opt_e, opt_r, strategy or GradProm(0.0), lambda_r=lam_r, autocast_dtype=dtype, **kw)
+        return lambda: s(x_lq, x_hq, y)
+
+    variants: dict[str, Callable[[], Any]] = {
+        "joint": joint_of(E), "floor": floor,
+        "gradprom": step(E, vjp="sequential"),
+        "gradprom-batched": step(E, vjp="batched"),
+        "gradprom-layer": step(E, GradProm(0.0, "layer")),
+        "gradprom-out": step(E, gate_space="output"),
     }
-    variants = {"joint": joint, "floor": floor, **{k: (lambda s=s: s(x_lq, x_hq, y)) for k, s in steps.items()}}
+    errors: dict[str, str] = {}
+    if compile_backend:
+        # the sequential VJP back-propagates twice through one graph (retain_graph=True), which AOTAutograd's
+        # donated buffers forbid ("requires retain_graph=False"); without them the compiled backward allows it
+        torch._functorch.config.donated_buffer = False
+        E_c = torch.compile(E, backend=compile_backend)
+        variants.update({"joint-compiled": joint_of(E_c), "gradprom-compiled": step(E_c, vjp="sequential"),
+                         "gradprom-batched-compiled": step(E_c, vjp="batched")})
 
     # gating + bookkeeping pieces of the parameter-space step, on tensors of the real size
-    e_params = [p for p in E.parameters()]
-    r_params = [p for p in R.parameters()]
+    e_params = list(E.parameters())
+    r_params = list(R.parameters())
     layout = ParamLayout([str(i) for i in range(len(e_params))], [p.numel() for p in e_params])
     fake_e = [torch.randn_like(p) for p in e_params]
     fake_r = [torch.randn_like(p) for p in e_params]
@@ -98,30 +126,93 @@ def main() -> None:
         assign_flat_grad(r_params, buf[2 * P:-2])
 
     variants["bookkeeping"] = bookkeeping
+    if only is not None:
+        variants = {k: v for k, v in variants.items() if k in only}
 
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for r in range(args.warmup + args.repeats):
-        for name, fn in variants.items():
+    first: dict[str, float] = {}
+    peak: dict[str, int] = {k: 0 for k in variants}
+    rounds = 0
+    for r in range(warmup + repeats):
+        if deadline is not None and r > warmup and time.monotonic() > deadline:
+            break
+        for name, fn in list(variants.items()):
             sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             t = time.perf_counter()
-            fn()
-            sync(device)
-            if r >= args.warmup:
-                times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+            try:
+                fn()
+                sync(device)
+            except Exception as e:  # e.g. torch.compile cannot trace a batched VJP: report it, keep the rest
+                errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                del variants[name], times[name]
+                opt_e.zero_grad(set_to_none=True), opt_r.zero_grad(set_to_none=True)
+                continue
+            dt = time.perf_counter() - t
+            first.setdefault(name, dt)
+            if device.type == "cuda":
+                peak[name] = max(peak[name], torch.cuda.max_memory_allocated(device))
+            if r >= warmup:
+                times[name].append(dt)
+        rounds = r + 1
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items() if v}
 
-    n_e = sum(p.numel() for p in e_params)
-    print(f"device {device} · threads {torch.get_num_threads()} · batch {args.batch} × 1 × {args.size}² · "
-          f"enhancer U-Net {chans} ({n_e:,} params) · resnet recognizer · median of {args.repeats}")
-    for k in variants:
-        print(f"  {k:18s} {med[k] * 1e3:8.2f} ms")
+    def ratio(a: str, b: str) -> float | None:
+        return med[a] / med[b] if a in med and b in med else None
+
+    ratios = {"gradprom/joint": ratio("gradprom", "joint"), "gradprom/floor": ratio("gradprom", "floor"),
+              "gradprom-batched/floor": ratio("gradprom-batched", "floor"),
+              "gradprom-batched/gradprom": ratio("gradprom-batched", "gradprom"),
+              "gradprom-layer/floor": ratio("gradprom-layer", "floor"),
+              "gradprom-out/joint": ratio("gradprom-out", "joint"),
+              "bookkeeping/gradprom": ratio("bookkeeping", "gradprom")}
+    if compile_backend:
+        ratios.update({"gradprom-compiled/gradprom": ratio("gradprom-compiled", "gradprom"),
+                       "joint-compiled/joint": ratio("joint-compiled", "joint"),
+                       "gradprom-batched-compiled/gradprom-batched": ratio("gradprom-batched-compiled",
+                                                                           "gradprom-batched")})
+    return {"device": str(device), "precision": precision, "batch": batch, "size": size,
+            "enhancer_channels": list(channels), "recognizer_channels": list(recognizer_channels),
+            "enhancer_params": sum(p.numel() for p in e_params), "threads": torch.get_num_threads(),
+            "compile_backend": compile_backend, "repeats": max(rounds - warmup, 0), "ms": med,
+            "first_call_ms": {k: v * 1e3 for k, v in first.items()}, "ratios": ratios,
+            "peak_mem_mib": {k: v / 2 ** 20 for k, v in peak.items()} if device.type == "cuda" else None,
+            "errors": errors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--channels", default="16,32,64", help="enhancer U-Net channels")
+    ap.add_argument("--recognizer-channels", default="16,32,64", help="recognizer ResNet channels")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="auto: bf16 autocast on CUDA (the engine's setting), fp32 on CPU")
+    ap.add_argument("--compile", dest="compile_backend", default=None, metavar="BACKEND",
+                    help="also time the steps with torch.compile(E, backend=BACKEND), e.g. inductor")
+    args = ap.parse_args()
+    chans = tuple(int(c) for c in args.channels.split(","))
+    rchans = tuple(int(c) for c in args.recognizer_channels.split(","))
+    r = measure(args.batch, args.size, args.repeats, args.warmup, chans, rchans, args.device, args.precision,
+                args.compile_backend)
+    print(f"device {r['device']} ({r['precision']}) · threads {r['threads']} · batch {args.batch} × 1 × "
+          f"{args.size}² · enhancer U-Net {list(chans)} ({r['enhancer_params']:,} params) · resnet recognizer "
+          f"{list(rchans)} · median of {r['repeats']}")
+    for k, v in r["ms"].items():
+        mem = f"   peak {r['peak_mem_mib'][k]:8.0f} MiB" if r["peak_mem_mib"] else ""
+        print(f"  {k:26s} {v:8.2f} ms{mem}")
+    for k, e in r["errors"].items():
+        print(f"  {k:26s} failed: {e}")
     print("ratios (measured side by side in this run):")
-    print(f"  gradprom / joint            {med['gradprom'] / med['joint']:.3f}")
-    print(f"  gradprom / floor            {med['gradprom'] / med['floor']:.3f}   (target <= 1.15)")
-    print(f"  gradprom-batched / floor    {med['gradprom-batched'] / med['floor']:.3f}")
-    print(f"  gradprom-layer / floor      {med['gradprom-layer'] / med['floor']:.3f}")
-    print(f"  gradprom-out / joint        {med['gradprom-out'] / med['joint']:.3f}   (target <= 1.05)")
-    print(f"  bookkeeping / gradprom step {med['bookkeeping'] / med['gradprom']:.1%}   (target <= 5 %)")
+    targets = {"gradprom/floor": "   (target <= 1.15)", "gradprom-out/joint": "   (target <= 1.05)",
+               "bookkeeping/gradprom": "   (target <= 5 %)"}
+    for k, v in r["ratios"].items():
+        if v is not None:
+            print(f"  {k:42s} {v:.3f}{targets.get(k, '')}")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,9 @@ class RunSettings(_Section):
     out: str = F("runs", "the runs directory; a run lives in <out>/<name>")
     name: str | None = F(None, "run name (null: <strategy>-<task>-<time>)")
     device: Literal["auto", "cpu", "cuda"] = F("auto", "auto = cuda when available; bf16 autocast on cuda")
+    precision: Literal["bf16", "fp32"] = F("bf16", "training step on CUDA: bf16 runs E's and R's passes under bf16 "
+                                           "autocast (faster); fp32 keeps them in fp32, so bf16 rounding cannot move "
+                                           "the gate's cosine (benchmarks/gpu_check.py measures how much it does)")
     monitor: Literal["psnr", "ssim", "task"] = F("psnr", "validation metric that picks the best checkpoint")
     flush_seconds: float = F(5.0, "how often step rows are flushed to steps/*.parquet", gt=0.0)
     num_threads: int | None = F(None, "torch CPU threads (null = torch's default)", ge=1)

@@ -109,7 +109,8 @@ class TrainStep:
                    strategy=(strategy or (lambda s: s))(make_strategy(g.strategy, g.tau, g.granularity)), task=cfg.task,
                    lambda_e=g.lambda_e, lambda_r=g.lambda_r, enhancement_loss=g.enhancement_loss,
                    recognizer_mode=g.recognizer_mode, gate_space=g.gate_space, vjp=g.vjp,
-                   reducer=reducer or IdentityReducer(), autocast_dtype=torch.bfloat16 if on_cuda else None,
+                   reducer=reducer or IdentityReducer(),
+                   autocast_dtype=torch.bfloat16 if on_cuda and cfg.run.precision == "bf16" else None,
                    max_nonfinite_streak=cfg.optim.max_nonfinite_streak)
 
     # ------------------------------------------------------------------------------------------------

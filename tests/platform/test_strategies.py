@@ -24,7 +24,7 @@ from gradprom.platform.strategies import (
     segment_cosines,
 )
 
-from ._inputs import pair_with_cosine, typical_pairs
+from ._inputs import DEVICE, ones_, pair_with_cosine, tensor_, typical_pairs, zeros_
 
 STRATEGIES = [GradProm(0.0), GradProm(0.3), GradProm(0.0, "layer"), Joint(), EnhanceOnly(), CosineWeighted(),
               CosineWeighted("layer"), TorchJD("PCGrad", label="pcgrad"), TorchJD("UPGrad"), TorchJD("MGDA")]
@@ -56,7 +56,7 @@ def test_descent_guarantee_on_typical_pairs(strategy, name, g_e, g_r):
 def test_descent_guarantee_property(tau, cos, seed, log_scale, layer):
     g_e, g_r = pair_with_cosine(cos, n=257, seed=seed, scale_r=10.0 ** log_scale)
     # perturb so per-layer cosines differ from the global one
-    g_r = g_r + 0.3 * torch.randn(257, generator=torch.Generator().manual_seed(seed + 1)) * g_r.norm() / 16
+    g_r = g_r + 0.3 * torch.randn(257, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE) * g_r.norm() / 16
     s = GradProm(tau, "layer" if layer else "global")
     d = s(g_e.double(), g_r.double(), LAYOUT).update
     ge = g_e.double()
@@ -75,41 +75,41 @@ def test_gate_opens_above_tau_and_closes_at_or_below(tau, c):
 
 
 def test_gate_at_exactly_tau_is_closed():
-    g_e = torch.tensor([1.0, 0.0])
-    g_r = torch.tensor([0.0, 1.0])  # cos = 0 exactly
+    g_e = tensor_([1.0, 0.0])
+    g_r = tensor_([0.0, 1.0])  # cos = 0 exactly
     assert float(GradProm(0.0)(g_e, g_r).gate_open) == 0.0
     torch.testing.assert_close(GradProm(0.0)(g_e, g_r).update, g_e)
 
 
 @pytest.mark.parametrize("tau", [0.0, -0.5, -1.0])
 def test_zero_norm_gradient_gives_cos_zero_and_closes(tau):
-    z = torch.zeros(10)
-    g = torch.ones(10)
+    z = zeros_(10)
+    g = ones_(10)
     for g_e, g_r in [(z, g), (g, z), (z, z)]:
         d = GradProm(tau)(g_e, g_r)
         assert float(d.cos) == 0.0
         assert float(d.gate_open) == 0.0  # closed even when tau < 0 = cos
         torch.testing.assert_close(d.update, g_e)
     layout = ParamLayout(["a", "b"], [5, 5])
-    g_r = torch.cat([torch.zeros(5), torch.ones(5)])
-    d = GradProm(-0.5, "layer")(torch.ones(10), g_r, layout)
-    torch.testing.assert_close(d.layer_open, torch.tensor([0.0, 1.0]))
+    g_r = torch.cat([zeros_(5), ones_(5)])
+    d = GradProm(-0.5, "layer")(ones_(10), g_r, layout)
+    torch.testing.assert_close(d.layer_open, tensor_([0.0, 1.0]))
 
 
 def test_layer_mode_decides_per_tensor():
     layout = ParamLayout(["w1", "w2", "w3"], [3, 2, 4])
-    g_e = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0, 0])
-    g_r = torch.tensor([1.0, 0, 0, -1, 0, 0, 0, 1, 0])  # layer1 aligned, layer2 opposed, layer3 orthogonal
-    torch.testing.assert_close(segment_cosines(g_e, g_r, layout), torch.tensor([1.0, -1.0, 0.0]))
+    g_e = tensor_([1.0, 0, 0, 1, 0, 1, 1, 0, 0])
+    g_r = tensor_([1.0, 0, 0, -1, 0, 0, 0, 1, 0])  # layer1 aligned, layer2 opposed, layer3 orthogonal
+    torch.testing.assert_close(segment_cosines(g_e, g_r, layout), tensor_([1.0, -1.0, 0.0]))
     d = GradProm(0.0, "layer")(g_e, g_r, layout)
-    torch.testing.assert_close(d.layer_open, torch.tensor([1.0, 0.0, 0.0]))
-    torch.testing.assert_close(d.update, torch.tensor([2.0, 0, 0, 1, 0, 1, 1, 0, 0]))
+    torch.testing.assert_close(d.layer_open, tensor_([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(d.update, tensor_([2.0, 0, 0, 1, 0, 1, 1, 0, 0]))
     assert float(d.gate_open) == pytest.approx(1 / 3)
 
 
 def test_layer_mode_needs_layout():
     with pytest.raises(ValueError, match="layout"):
-        GradProm(0.0, "layer")(torch.ones(3), torch.ones(3))
+        GradProm(0.0, "layer")(ones_(3), ones_(3))
 
 
 def test_cosine_weighted_weights_by_positive_cosine():
@@ -130,8 +130,8 @@ def test_pcgrad_is_torchjds_projection_for_two_gradients():
 
 
 # one table of pinned outputs for a fixed, hand-checkable pair
-_G_E = torch.tensor([1.0, 0.0])
-_G_R = torch.tensor([1.0, 1.0])  # cos = 1/sqrt(2) ~ 0.7071
+_G_E = tensor_([1.0, 0.0])
+_G_R = tensor_([1.0, 1.0])  # cos = 1/sqrt(2) ~ 0.7071
 VALUES = [
     (GradProm(0.0), [2.0, 1.0]),
     (GradProm(0.8), [1.0, 0.0]),
@@ -146,7 +146,7 @@ VALUES = [
 
 @pytest.mark.parametrize("strategy,expected", VALUES, ids=[repr(v[0]) for v in VALUES])
 def test_values(strategy, expected):
-    torch.testing.assert_close(strategy(_G_E, _G_R).update, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(strategy(_G_E, _G_R).update, tensor_(expected), atol=1e-5, rtol=1e-5)
 
 
 def test_representations():
@@ -178,9 +178,9 @@ def test_parse_strategy_table(spec, ok):
 
 def test_bad_pair_shapes_raise():
     with pytest.raises(ValueError, match="same shape"):
-        GradProm()(torch.ones(3), torch.ones(4))
+        GradProm()(ones_(3), ones_(4))
     with pytest.raises(ValueError, match="1-D"):
-        Joint()(torch.ones(2, 2), torch.ones(2, 2))
+        Joint()(ones_(2, 2), ones_(2, 2))
 
 
 def test_tau_out_of_range_raises():
@@ -189,4 +189,4 @@ def test_tau_out_of_range_raises():
 
 
 def test_cosine_of_zero_is_zero():
-    assert float(cosine(torch.zeros(4), torch.ones(4))) == 0.0
+    assert float(cosine(zeros_(4), ones_(4))) == 0.0
