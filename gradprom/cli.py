@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gradprom.config_flags import FlagTable, add_config_options, merged_config
+from gradprom.platform.strategies import REGISTRY, strategy_help
 
 # flag -> dotted config field (flags not given are not applied, so a config file's values stand)
 TRAIN_FLAGS: FlagTable = {
@@ -25,16 +26,20 @@ TRAIN_FLAGS: FlagTable = {
              "`gradprom data convert`, or an image folder with labels.csv"),
     "degradation": ("data.degradation", str, "e.g. gaussian:sigma=0.1, lowdose, sr2, 'blur:sigma=1+gaussian:sigma=0.05'"),
     "batch_size": ("data.batch_size", int, "training batch size"),
-    "strategy": ("gradprom.strategy", str, "gradprom | joint | enhance_only | cosine_weighted | pcgrad | torchjd:NAME"),
+    "strategy": ("gradprom.strategy", str, strategy_help()),
     "tau": ("gradprom.tau", float, "gate threshold in [-1, 1] (>= 0 keeps the descent guarantee)"),
     "granularity": ("gradprom.granularity", str, "global | layer"),
     "gate_space": ("gradprom.gate_space", str, "parameter (the paper's gate) | output (cheap approximation)"),
+    "scale": ("gradprom.scale", str, "none | match | clip: g_r's norm against g_e's before the gate's sum"),
+    "moments": ("gradprom.moments", str, "shared | separate: Adam moments of g_e and the admitted g_r"),
+    "gate_metric": ("gradprom.gate_metric", str, "euclidean | preconditioned (the gate in Adam's metric)"),
     "lambda_e": ("gradprom.lambda_e", float, "weight of the enhancement loss"),
     "lambda_r": ("gradprom.lambda_r", float, "weight of the recognition loss in the enhancer's objective"),
     "recognizer_mode": ("gradprom.recognizer_mode", str, "joint | clean | frozen"),
     "recognizer_checkpoint": ("gradprom.recognizer_checkpoint", str, "checkpoint to load the recognizer from"),
     "epochs": ("optim.epochs", int, "number of epochs"),
-    "lr": ("optim.lr", float, "enhancer learning rate (Adam)"),
+    "optimizer": ("optim.optimizer", str, "adam | adamw | sgd (both models)"),
+    "lr": ("optim.lr", float, "enhancer learning rate"),
     "max_steps_per_epoch": ("optim.max_steps_per_epoch", int, "cap on steps per epoch (quick runs)"),
     "out": ("run.out", str, "runs directory (default: runs)"),
     "name": ("run.name", str, "run name (default: <strategy>-<task>-<time>)"),
@@ -115,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_STRATEGIES = ["enhance_only", "joint", "pcgrad", "cosine_weighted", "gradprom"]
+DEMO_STRATEGIES = list(REGISTRY)  # every registered strategy, baselines first
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

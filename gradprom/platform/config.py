@@ -99,9 +99,35 @@ class GateConfig(_Section):
     # checkpoint to load R from (required for "frozen"; optional warm start otherwise)
     recognizer_checkpoint: str | None = None
 
+    # ---- gate variants whose guarantee holds for the step the optimizer takes (README "Gate variants under
+    # Adam"); they apply to the additive strategies (update = g_e + admitted g_r) in parameter space.
+    # magnitude control of g_r before the gate's sum; the gate decides on the unscaled pair. "match":
+    # g_r <- scale_factor * |g_e|/|g_r| * g_r; "clip": g_r shrunk to at most scale_factor * |g_e|
+    scale: Literal["none", "match", "clip"] = "none"
+    scale_factor: float = Field(1.0, gt=0.0)
+    # the norms of `scale` over all enhancer parameters ("global") or per parameter tensor ("layer")
+    scale_granularity: Literal["global", "layer"] = "global"
+    # MetaBalance-style smoothing: an EMA of the norms with this beta (0 = this step's norms), and the relax
+    # factor r: g_r <- (r * factor + 1 - r) * g_r (1 = the full factor)
+    scale_ema: float = Field(0.0, ge=0.0, lt=1.0)
+    scale_relax: float = Field(1.0, ge=0.0, le=1.0)
+    # Adam statistics of E: "shared" (one Adam on the update d) or "separate" (g_e and the admitted g_r keep
+    # their own moments, one parameter step; a closed gate is then exactly an enhance-only Adam step)
+    moments: Literal["shared", "separate"] = "shared"
+    # the gate's metric: "euclidean" (cos(g_e, g_r)) or "preconditioned" (the cosine in Adam's metric
+    # P = 1/(sqrt(v_e) + eps) of g_e's second moment; the step is then P(g_e + [open] g_r))
+    gate_metric: Literal["euclidean", "preconditioned"] = "euclidean"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        from .strategies import expand_preset
+
+        return expand_preset(data) if isinstance(data, dict) else data  # e.g. strategy: gradprom_layer
+
     @model_validator(mode="after")
     def _consistent(self) -> "GateConfig":
-        from .strategies import OUTPUT_SPACE_STRATEGIES, parse_strategy
+        from .strategies import ADDITIVE_STRATEGIES, LAYER_STRATEGIES, OUTPUT_SPACE_STRATEGIES, parse_strategy
 
         parse_strategy(self.strategy)  # raises ConfigError naming the strategy
         if self.gate_space == "output":
@@ -111,8 +137,16 @@ class GateConfig(_Section):
             if self.strategy not in OUTPUT_SPACE_STRATEGIES:
                 raise ValueError(f"`gate_space: output` supports strategies {sorted(OUTPUT_SPACE_STRATEGIES)}, "
                                  f"got {self.strategy!r}")
-        if self.granularity == "layer" and self.strategy not in ("gradprom", "cosine_weighted"):
-            raise ValueError(f"`granularity: layer` applies to 'gradprom' and 'cosine_weighted', got {self.strategy!r}")
+        if self.granularity == "layer" and self.strategy not in LAYER_STRATEGIES:
+            raise ValueError(f"`granularity: layer` applies to {sorted(LAYER_STRATEGIES)}, got {self.strategy!r}")
+        plain = {"scale": "none", "moments": "shared", "gate_metric": "euclidean"}
+        variants = [f"{k}: {getattr(self, k)}" for k, off in plain.items() if getattr(self, k) != off]
+        if variants and self.strategy not in ADDITIVE_STRATEGIES:
+            raise ValueError(f"`{', '.join(variants)}` applies to the strategies {sorted(ADDITIVE_STRATEGIES)} "
+                             f"(update = g_e + admitted g_r), got {self.strategy!r}")
+        if variants and self.gate_space != "parameter":
+            raise ValueError(f"`{', '.join(variants)}` needs `gate_space: parameter` (it works on g_e and g_r "
+                             "in parameter space)")
         if self.recognizer_mode == "frozen" and not self.recognizer_checkpoint:
             raise ValueError("`recognizer_mode: frozen` needs `recognizer_checkpoint` (a trained recognizer)")
         return self
@@ -120,9 +154,13 @@ class GateConfig(_Section):
 
 class OptimConfig(_Section):
     epochs: int = Field(10, ge=1)
-    lr: float = Field(1e-3, gt=0.0)  # enhancer (Adam)
-    lr_recognizer: float = Field(1e-3, gt=0.0)  # recognizer (Adam)
+    # the optimizer of both models: "adam", "adamw" (decoupled weight decay) or "sgd" (plain or heavy-ball
+    # with `momentum`; the paper's descent theorem holds exactly for plain SGD steps)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)  # enhancer
+    lr_recognizer: float = Field(1e-3, gt=0.0)  # recognizer
     weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)  # sgd only
     # a step whose losses or gradients are NaN/Inf is skipped; this many in a row stops the run
     max_nonfinite_streak: int = Field(10, ge=1)
     # stop after this many optimizer steps per epoch (None = the whole train split); for quick runs
@@ -180,6 +218,14 @@ class Config(_Section):
             ok = {"classification": ("resnet", "densenet"), "segmentation": ("unet",)}[self.task]
             if rec not in ok:
                 raise ValueError(f"`model.recognizer: {rec}` does not fit `task: {self.task}`; use one of {list(ok)}")
+        if self.optim.momentum and self.optim.optimizer != "sgd":
+            raise ValueError(f"`optim.momentum` applies to `optim.optimizer: sgd`, got `{self.optim.optimizer}` "
+                             "(Adam's momentum is its beta1)")
+        g = self.gradprom
+        if self.optim.optimizer == "sgd" and (g.moments != "shared" or g.gate_metric != "euclidean"):
+            raise ValueError(f"`gradprom.moments: {g.moments}` / `gradprom.gate_metric: {g.gate_metric}` work on "
+                             "Adam's moments; use `optim.optimizer: adam` or `adamw` (SGD's preconditioner is the "
+                             "identity, so they would be the plain gate)")
         return self
 
     @property

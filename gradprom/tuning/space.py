@@ -96,12 +96,13 @@ class TuneSpec(BaseModel):
                 raise ValueError(f"`tune.{name}`: range [{lo:g}, {hi:g}] is outside its bounds; values must be "
                                  f"> {low:g} (searched log-uniformly)")
         if self.strategy is not None:
-            from gradprom.platform.strategies import parse_strategy
+            from gradprom.platform.strategies import STRATEGY_PRESETS, parse_strategy
 
             if not self.strategy:
                 raise ValueError("`tune.strategy`: give at least one strategy, or null to keep the base config's")
             for s in self.strategy:
-                parse_strategy(s)  # ConfigError naming the strategy
+                if s not in STRATEGY_PRESETS:  # a preset (e.g. gradprom_layer) is expanded by the trial's config
+                    parse_strategy(s)  # ConfigError naming the strategy
         if self.granularity is not None and not self.granularity:
             raise ValueError("`tune.granularity`: give at least one of global, layer, or null")
         return self
