@@ -53,7 +53,8 @@ class TwoPartAdam(torch.optim.Adam):
     def set_task_part(self, params: Sequence[nn.Parameter], parts: Sequence[Tensor], admitted: Tensor) -> None:
         """Hand over the admitted task part of the next `step()`: one tensor per parameter, and `admitted`,
         (len(params),) 1/0 per parameter tensor (where the gate opened; a weight > 0 counts as open)."""
-        self._task = {p: (part.view_as(p), admitted[i]) for i, (p, part) in enumerate(zip(params, parts))}
+        pairs = enumerate(zip(params, parts, strict=True))
+        self._task = {p: (part.view_as(p), admitted[i]) for i, (p, part) in pairs}
 
     @torch.no_grad()
     def preconditioner(self, params: Sequence[nn.Parameter], grads: Sequence[Tensor]) -> Tensor:
@@ -62,10 +63,11 @@ class TwoPartAdam(torch.optim.Adam):
         It is Adam's denominator after v_e absorbs g_e (plus the L2 term for adam), computed ahead of the step
         so the gate can decide in that metric."""
         out = []
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             group = self._group_of(p)
             beta2, eps, wd = group["betas"][1], group["eps"], group["weight_decay"]
             state = self.state.get(p, {})
+            g = g.view_as(p)
             step = float(state["step"]) + 1 if "step" in state else 1.0
             if wd and not group["decoupled_weight_decay"]:
                 g = g + wd * p
@@ -115,8 +117,9 @@ class TwoPartAdam(torch.optim.Adam):
 
     def _group_of(self, p: nn.Parameter) -> dict:
         for group in self.param_groups:
-            if any(q is p for q in group["params"]):
-                return group
+            for q in group["params"]:
+                if q is p:
+                    return group
         raise ValueError("parameter is not optimised by this optimizer")
 
 
