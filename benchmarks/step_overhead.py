@@ -6,11 +6,18 @@ median over repeats:
   floor        two plain backward() passes: forward, L_e.backward(retain_graph), L_r.backward(), two steps
   gradprom     the engine's TrainStep, parameter-space gate (two VJPs through E, or one batched VJP)
   gradprom-out the engine's TrainStep, output-space gate (one VJP through E)
+  the gate variants of issue 14 (README "Gate variants under Adam"), each the same TrainStep with one option:
+    gradprom-matched   gradprom.scale: match (g_r rescaled to |g_e|)
+    gradprom-clip-ema  gradprom.scale: clip, scale_ema 0.9
+    gradprom-separate  gradprom.moments: separate (TwoPartAdam, own moments for the admitted g_r)
+    gradprom-precond   gradprom.gate_metric: preconditioned (the gate in Adam's metric, TwoPartAdam)
+    gradprom-sgd       optim.optimizer: sgd
 and the share of the GradProm step spent in gating and bookkeeping (flattening, the fused buffer, the
 non-finite check, the strategy, writing the update back), timed on the same tensors.
 
 Usage: python benchmarks/step_overhead.py [--batch 32] [--size 64] [--repeats 15] [--device cpu|cuda]
-Targets (issue 3): gradprom/floor <= 1.15, bookkeeping <= 5 %, gradprom-out/joint <= 1.05.
+Targets (issue 3): gradprom/floor <= 1.15, bookkeeping <= 5 %, gradprom-out/joint <= 1.05;
+(issue 14): each variant's extra time over the plain gradprom step <= 5 % of a step.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from gradprom.platform.gradients import assign_flat_grad, flatten_grads
+from gradprom.platform.magnitude import TaskScaler
 from gradprom.platform.models import build_enhancer, build_recognizer
+from gradprom.platform.optim import build_optimizer
 from gradprom.platform.step import TrainStep
 from gradprom.platform.strategies import GradProm, ParamLayout
 
@@ -74,6 +83,17 @@ def main() -> None:
         "gradprom-batched": TrainStep(E, R, opt_e, opt_r, GradProm(0.0), lambda_r=lam_r, vjp="batched"),
         "gradprom-layer": TrainStep(E, R, opt_e, opt_r, GradProm(0.0, "layer"), lambda_r=lam_r),
         "gradprom-out": TrainStep(E, R, opt_e, opt_r, GradProm(0.0), lambda_r=lam_r, gate_space="output"),
+        "gradprom-matched": TrainStep(E, R, opt_e, opt_r, GradProm(0.0), lambda_r=lam_r,
+                                      scaler=TaskScaler("match")),
+        "gradprom-clip-ema": TrainStep(E, R, opt_e, opt_r, GradProm(0.0), lambda_r=lam_r,
+                                       scaler=TaskScaler("clip", ema=0.9)),
+        "gradprom-separate": TrainStep(E, R, build_optimizer(E.parameters(), "adam", 1e-5, moments="separate"),
+                                       opt_r, GradProm(0.0), lambda_r=lam_r),
+        "gradprom-precond": TrainStep(E, R, build_optimizer(E.parameters(), "adam", 1e-5,
+                                                            gate_metric="preconditioned"),
+                                      opt_r, GradProm(0.0), lambda_r=lam_r, gate_metric="preconditioned"),
+        "gradprom-sgd": TrainStep(E, R, build_optimizer(E.parameters(), "sgd", 1e-5), opt_r, GradProm(0.0),
+                                  lambda_r=lam_r),
     }
     variants = {"joint": joint, "floor": floor, **{k: (lambda s=s: s(x_lq, x_hq, y)) for k, s in steps.items()}}
 
@@ -122,6 +142,10 @@ def main() -> None:
     print(f"  gradprom-layer / floor      {med['gradprom-layer'] / med['floor']:.3f}")
     print(f"  gradprom-out / joint        {med['gradprom-out'] / med['joint']:.3f}   (target <= 1.05)")
     print(f"  bookkeeping / gradprom step {med['bookkeeping'] / med['gradprom']:.1%}   (target <= 5 %)")
+    print("gate variants beside the plain gradprom step (extra time as a share of a step; target <= 5 %):")
+    for k in ("gradprom-matched", "gradprom-clip-ema", "gradprom-separate", "gradprom-precond", "gradprom-sgd"):
+        print(f"  {k:18s} {med[k] * 1e3:8.2f} ms  vs gradprom {med['gradprom'] * 1e3:8.2f} ms   "
+              f"ratio {med[k] / med['gradprom']:.3f}   extra {med[k] / med['gradprom'] - 1:+.1%}")
 
 
 if __name__ == "__main__":

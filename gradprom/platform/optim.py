@@ -19,7 +19,7 @@ Weight decay (L2 for adam, decoupled for adamw) acts through the e-part only, as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -30,6 +30,9 @@ Moments = Literal["shared", "separate"]
 
 class TwoPartAdam(torch.optim.Adam):
     """Adam on g_e (`p.grad`) plus a separately held, gated task part; see the module docstring.
+
+    One parameter group. The task part's state is kept flat (one buffer over all parameters, in the group's
+    order, under the state key "task"), so its update is a handful of vector operations per step.
 
     :param moments: "separate" (own m_r, v_r, updated where admitted) or "shared" (only with
         `preconditioned`: m_r updated every step, so m_e + m_r is the shared first moment).
@@ -45,82 +48,86 @@ class TwoPartAdam(torch.optim.Adam):
             raise ValueError("`moments='shared'` without `preconditioned` is plain Adam on the sum; use torch's Adam.")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          decoupled_weight_decay=decoupled_weight_decay)
+        if len(self.param_groups) != 1:
+            raise ValueError("TwoPartAdam takes one parameter group (the enhancer's parameters)")
         self.moments = moments
         self.preconditioned = preconditioned
-        self._task: dict[nn.Parameter, tuple[Tensor, Tensor]] = {}
+        self._pending: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The parameters, in the order of the flat vectors this optimizer takes."""
+        return self.param_groups[0]["params"]
 
     # ---- what the training step calls ---------------------------------------------------------------
-    def set_task_part(self, params: Sequence[nn.Parameter], parts: Sequence[Tensor], admitted: Tensor) -> None:
-        """Hand over the admitted task part of the next `step()`: one tensor per parameter, and `admitted`,
-        (len(params),) 1/0 per parameter tensor (where the gate opened; a weight > 0 counts as open)."""
-        pairs = enumerate(zip(params, parts, strict=True))
-        self._task = {p: (part.view_as(p), admitted[i]) for i, (p, part) in pairs}
+    def set_task_part(self, part: Tensor, admitted: Tensor) -> None:
+        """Hand over the task part of the next `step()`: the admitted g_r, flat over `params`, and `admitted`,
+        flat 1/0 where the gate opened (per parameter tensor, expanded; a weight > 0 counts as open)."""
+        self._pending = (part, admitted)
 
     @torch.no_grad()
-    def preconditioner(self, params: Sequence[nn.Parameter], grads: Sequence[Tensor]) -> Tensor:
-        """Flat P = 1/(√v̂_e+ε) that the next step will apply, given this step's g_e (one tensor per parameter).
+    def preconditioner(self, g_e: Tensor) -> Tensor:
+        """Flat P = 1/(√v̂_e+ε) that the next step will apply, given this step's flat g_e.
 
         It is Adam's denominator after v_e absorbs g_e (plus the L2 term for adam), computed ahead of the step
         so the gate can decide in that metric."""
-        out = []
-        for p, g in zip(params, grads, strict=True):
-            group = self._group_of(p)
-            beta2, eps, wd = group["betas"][1], group["eps"], group["weight_decay"]
-            state = self.state.get(p, {})
-            g = g.view_as(p)
-            step = float(state["step"]) + 1 if "step" in state else 1.0
-            if wd and not group["decoupled_weight_decay"]:
-                g = g + wd * p
-            v = g * g * (1 - beta2) if "exp_avg_sq" not in state else state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
-            out.append((v.sqrt() / (1 - beta2 ** step) ** 0.5 + eps).reciprocal().reshape(-1))
-        return torch.cat(out)
+        group = self.param_groups[0]
+        beta2, eps, wd = group["betas"][1], group["eps"], group["weight_decay"]
+        if wd and not group["decoupled_weight_decay"]:
+            g_e = g_e + wd * torch.cat([p.detach().reshape(-1) for p in self.params])
+        v = (1 - beta2) * g_e * g_e
+        step = self._e_steps() + 1
+        if step > 1:
+            v = v + beta2 * self._flat_e("exp_avg_sq")
+        return (v.sqrt() / (1 - beta2 ** step) ** 0.5 + eps).reciprocal()
 
     # ---- the optimizer step -----------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
         """torch's Adam step on `p.grad` (= g_e), then the task part handed over by `set_task_part`."""
         loss = super().step(closure)
-        task, self._task = self._task, {}
-        for p, (part, admitted) in task.items():
-            group = self._group_of(p)
-            (beta1, beta2), eps, lr = group["betas"], group["eps"], group["lr"]
-            state = self.state[p]
-            if "step" not in state:  # no g_e reached this parameter (torch's step skipped it)
-                continue
-            if "exp_avg_r" not in state:
-                state["exp_avg_r"] = torch.zeros_like(p)
-                state["step_r"] = torch.zeros((), dtype=p.dtype, device=p.device)
-                if not self.preconditioned:
-                    state["exp_avg_sq_r"] = torch.zeros_like(p)
-            m_r = state["exp_avg_r"]
-            if self.moments == "shared":  # m_e + m_r is Adam's first moment of g_e + task part
-                m_r.lerp_(part, 1 - beta1)
-                bc1 = 1 - beta1 ** float(state["step"])
-                on = torch.ones((), dtype=torch.bool, device=p.device)
-            else:  # separate: the task moments move only where the gate admitted g_r
-                on = admitted > 0
-                m_r.copy_(torch.where(on, m_r.lerp(part, 1 - beta1), m_r))
-                state["step_r"].add_(on.to(p.dtype))
-                bc1 = 1 - beta1 ** state["step_r"].clamp_min(1)
-            if self.preconditioned:  # g_e's denominator, as torch's step just computed it
-                bc2 = 1 - beta2 ** float(state["step"])
-                denom = (state["exp_avg_sq"].sqrt() / bc2 ** 0.5).add_(eps)
-            else:
-                v_r = state["exp_avg_sq_r"]
-                v_r.copy_(torch.where(on, v_r * beta2 + (1 - beta2) * part * part, v_r))
-                bc2 = 1 - beta2 ** state["step_r"].clamp_min(1)
-                denom = (v_r.sqrt() / bc2 ** 0.5).add_(eps)
-            delta = (m_r / bc1) / denom * lr
-            # a closed gate adds exact zeros, so the parameter stays torch's enhance-only Adam result
-            p.sub_(torch.where(on, delta, torch.zeros_like(delta)))
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return loss
+        a, admitted = pending
+        group = self.param_groups[0]
+        (beta1, beta2), eps, lr = group["betas"], group["eps"], group["lr"]
+        task = self.state["task"]
+        if not task:
+            task["exp_avg_r"] = torch.zeros_like(a)
+            task["step_r"] = torch.zeros_like(a)
+            if not self.preconditioned:
+                task["exp_avg_sq_r"] = torch.zeros_like(a)
+        m_r, t_e = task["exp_avg_r"], self._e_steps()
+        if self.moments == "shared":  # m_e + m_r is Adam's first moment of g_e + task part
+            on = None
+            m_r.lerp_(a, 1 - beta1)
+            bc1: Tensor | float = 1 - beta1 ** t_e
+        else:  # separate: the task moments move only where the gate admitted g_r
+            on = admitted > 0
+            m_r.copy_(torch.where(on, m_r.lerp(a, 1 - beta1), m_r))
+            task["step_r"].add_(on.to(a.dtype))
+            bc1 = 1 - beta1 ** task["step_r"].clamp_min(1)
+        if self.preconditioned:  # g_e's denominator, as torch's step just computed it
+            denom = (self._flat_e("exp_avg_sq").sqrt() / (1 - beta2 ** t_e) ** 0.5).add_(eps)
+        else:
+            v_r = task["exp_avg_sq_r"]
+            v_r.copy_(torch.where(on, v_r * beta2 + (1 - beta2) * a * a, v_r))
+            denom = (v_r.sqrt() / (1 - beta2 ** task["step_r"].clamp_min(1)).sqrt()).add_(eps)
+        delta = (m_r / bc1) / denom * lr
+        if on is not None:  # a closed gate adds exact zeros: the parameters stay torch's enhance-only Adam result
+            delta = torch.where(on, delta, torch.zeros_like(delta))
+        params = self.params
+        torch._foreach_sub_(params, [d.view_as(p) for d, p in zip(delta.split([p.numel() for p in params]),
+                                                                   params, strict=True)])
         return loss
 
-    def _group_of(self, p: nn.Parameter) -> dict:
-        for group in self.param_groups:
-            for q in group["params"]:
-                if q is p:
-                    return group
-        raise ValueError("parameter is not optimised by this optimizer")
+    def _e_steps(self) -> float:
+        state = self.state.get(self.params[0], {})
+        return float(state["step"]) if "step" in state else 0.0
+
+    def _flat_e(self, key: str) -> Tensor:
+        return torch.cat([self.state[p][key].reshape(-1) for p in self.params])
 
 
 def build_optimizer(params: Iterable[nn.Parameter], optimizer: str, lr: float, weight_decay: float = 0.0,

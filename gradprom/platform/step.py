@@ -102,6 +102,9 @@ class TrainStep:
         if self.gate_metric == "preconditioned" and not hasattr(self.opt_e, "preconditioner"):
             raise ValueError("`gate_metric='preconditioned'` needs E's optimizer to expose Adam's preconditioner "
                              "(optim.TwoPartAdam, built by optim.build_optimizer)")
+        if hasattr(self.opt_e, "set_task_part") and [id(p) for p in self.opt_e.params] != [id(p) for p in
+                                                                                             self.e_params]:
+            raise ValueError("E's two-part optimizer must hold exactly the enhancer's trainable parameters, in order")
         self.steps_done = 0
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
@@ -203,9 +206,9 @@ class TrainStep:
         if task_part is not None and hasattr(self.opt_e, "set_task_part"):
             # two-part optimizer: g_e in .grad, the admitted g_r beside it (separate moments / preconditioned)
             assign_flat_grad(self.e_params, G[0])
-            admitted = decision.layer_open if decision.layer_open is not None else \
-                decision.gate_open.expand(len(self.layout))
-            self.opt_e.set_task_part(self.e_params, task_part.split(self.layout.sizes), admitted)
+            admitted = decision.layer_open[self.layout.segment_ids(task_part.device)] \
+                if decision.layer_open is not None else decision.gate_open.expand(task_part.shape)
+            self.opt_e.set_task_part(task_part, admitted)
         else:
             assign_flat_grad(self.e_params, update)
         self.opt_e.step()
@@ -233,7 +236,7 @@ class TrainStep:
         if self.scaler is not None:
             g_r_used, scale = self.scaler(g_e, g_r, self.layout)
         if self.gate_metric == "preconditioned":
-            s = self.opt_e.preconditioner(self.e_params, g_e.split(self.layout.sizes)).sqrt()
+            s = self.opt_e.preconditioner(g_e).sqrt()
             se = s * g_e
             decision = self.strategy(se, s * g_r_used, self.layout, cos=cosine(se, s * g_r))
             if decision.task_part is None:
