@@ -124,6 +124,7 @@ def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = No
     started = run.read_run().get("start") if resume else None
     run.write_run(name=run.path.name, kind="federated", status="running", start=started or now_iso(), end=None,
                   seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
+                  **cfg.gate_variant,
                   data=cfg.data.source, hospitals=fed.hospitals, rounds=fed.rounds, fl_strategy=fed.strategy,
                   gate_level=fed.gate_level, local_steps=fed.local_steps, versions=versions(), error=None)
     save_federation(cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": None})}), fed,

@@ -229,6 +229,13 @@ class Config(_Section):
         return self
 
     @property
+    def gate_variant(self) -> dict[str, Any]:
+        """The gate variant's fields as run.json records them (README "Gate variants under Adam")."""
+        g = self.gradprom
+        return {"scale": g.scale, "scale_factor": g.scale_factor, "moments": g.moments, "gate_metric": g.gate_metric,
+                "optimizer": self.optim.optimizer}
+
+    @property
     def recognizer_name(self) -> str:
         """The recognizer network, defaulted by task."""
         return self.model.recognizer or ("resnet" if self.task == "classification" else "unet")

@@ -261,6 +261,7 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
     started = run.read_run().get("start") if resume else None
     run.write_run(name=run.path.name, kind=kind, status="running", start=started or now_iso(), end=None,
                   seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
+                  **cfg.gate_variant,
                   data=cfg.data.source, degradation=str(degradation), device=str(device), versions=versions(),
                   error=None)
     # the saved config leaves the name out, so `gradprom train --config <run>/config.yaml` starts a new run

@@ -250,6 +250,7 @@ def train_on_ray(cfg: Config, *, resume: bool = False, run_path: str | Path | No
         use_gpu = d.gpus_per_worker > 0
         run.write_run(name=run.path.name, kind="ray-train", status="running", start=started_at or now_iso(), end=None,
                       seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
+                      **cfg.gate_variant,
                       data=cfg.data.source, degradation=str(degradation),
                       device=f"{'cuda (nccl)' if use_gpu else 'cpu (gloo)'} x {d.workers} workers",
                       workers=d.workers, address=d.address or "local",
