@@ -144,6 +144,9 @@ class GateConfig(_Section):
         if variants and self.strategy not in ADDITIVE_STRATEGIES:
             raise ValueError(f"`{', '.join(variants)}` applies to the strategies {sorted(ADDITIVE_STRATEGIES)} "
                              f"(update = g_e + admitted g_r), got {self.strategy!r}")
+        if self.scale != "none" and self.scale_granularity == "layer" and self.granularity != "layer":
+            raise ValueError("`scale_granularity: layer` needs `granularity: layer`: with one global gate, per-layer "
+                             "factors could turn an agreeing g_r into a disagreeing one (losing <d, g_e> >= |g_e|^2)")
         if variants and self.gate_space != "parameter":
             raise ValueError(f"`{', '.join(variants)}` needs `gate_space: parameter` (it works on g_e and g_r "
                              "in parameter space)")

@@ -222,3 +222,33 @@ def test_config_builds_the_optimizers_and_the_step_options():
     assert isinstance(m.opt_e, TwoPartAdam) and m.opt_e.preconditioned and st_.gate_metric == "preconditioned"
     _, _, st_ = built(gradprom={"strategy": "gradprom_matched", "scale_factor": 0.5, "scale_ema": 0.9})
     assert st_.scaler == TaskScaler("match", 0.5, "global", 0.9, 1.0)
+
+
+# ---- 6. end to end: `gradprom train --strategy <grid arm>` records the variant and resumes it --------------------
+@pytest.mark.slow
+def test_train_with_a_grid_arm_records_the_variant_and_resumes(tmp_path, capsys):
+    import yaml
+
+    from gradprom.cli import main
+    from gradprom.platform.checkpoint import load_checkpoint
+    from gradprom.platform.rundir import RunDir
+
+    tiny_run = ["--set", "data.num_train=16", "--set", "data.num_val=8", "--set", "data.num_test=8",
+                "--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "model.enhancer_channels=[4,8]",
+                "--set", "model.recognizer_channels=[4,8]", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(["-q", "train", *tiny_run, "--strategy", "gradprom_separate", "--scale", "match", "--name", "a"]) == 0
+    run = RunDir(tmp_path / "a")
+    info, cfg = run.read_run(), yaml.safe_load(run.config_yaml.read_text())
+    assert (info["strategy"], info["moments"], info["scale"], info["gate_metric"]) == ("gradprom", "separate",
+                                                                                       "match", "euclidean")
+    assert cfg["gradprom"]["moments"] == "separate" and cfg["gradprom"]["strategy"] == "gradprom"
+    steps = run.read_steps().to_pylist()
+    assert len(steps) == 2 and all(r["scale"] > 0 for r in steps)
+    state = load_checkpoint(run.latest_checkpoint())
+    assert "task" in state["opt_e"]["state"]  # TwoPartAdam's task moments are checkpointed
+    assert main(["-q", "train", "--resume", str(run.path), "--epochs", "2"]) == 0
+    assert len(run.read_steps().to_pylist()) == 4
+    capsys.readouterr()
+    assert main(["-q", "train", *tiny_run, "--strategy", "gradprom_layer", "--granularity", "global"]) == 2
+    err = capsys.readouterr().err
+    assert "gradprom_layer" in err and "granularity: layer" in err and "Traceback" not in err
