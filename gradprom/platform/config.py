@@ -138,7 +138,8 @@ class GateConfig(_Section):
                 raise ValueError(f"`gate_space: output` supports strategies {sorted(OUTPUT_SPACE_STRATEGIES)}, "
                                  f"got {self.strategy!r}")
         if self.granularity == "layer" and self.strategy not in LAYER_STRATEGIES:
-            raise ValueError(f"`granularity: layer` applies to {sorted(LAYER_STRATEGIES)}, got {self.strategy!r}")
+            names = " and ".join(repr(n) for n in sorted(LAYER_STRATEGIES))
+            raise ValueError(f"`granularity: layer` applies to {names}, got {self.strategy!r}")
         plain = {"scale": "none", "moments": "shared", "gate_metric": "euclidean"}
         variants = [f"{k}: {getattr(self, k)}" for k, off in plain.items() if getattr(self, k) != off]
         if variants and self.strategy not in ADDITIVE_STRATEGIES:
