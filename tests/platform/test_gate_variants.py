@@ -252,3 +252,18 @@ def test_train_with_a_grid_arm_records_the_variant_and_resumes(tmp_path, capsys)
     assert main(["-q", "train", *tiny_run, "--strategy", "gradprom_layer", "--granularity", "global"]) == 2
     err = capsys.readouterr().err
     assert "gradprom_layer" in err and "granularity: layer" in err and "Traceback" not in err
+
+
+def test_the_variants_are_arms_of_the_experiment_grid():
+    from gradprom.experiments.grid import ADAM_VARIANTS, STRATEGIES, Cell, GridSpec
+
+    assert set(ADAM_VARIANTS) <= set(STRATEGIES)
+    assert list(GridSpec().strategies) == ["enhance_only", "joint", "pcgrad", "cosine_weighted", "gradprom",
+                                           "gradprom_layer", "gradprom_output"]  # the default grid is unchanged
+    spec = GridSpec(preset="micro", strategies=list(ADAM_VARIANTS))
+    spec.validate()
+    fields = {"gradprom_matched": ("scale", "match"), "gradprom_separate": ("moments", "separate"),
+              "gradprom_precond": ("gate_metric", "preconditioned")}
+    for arm, (key, value) in fields.items():
+        cfg = build_config(spec.cell_config(Cell("classification", "gaussian", arm, 0), "runs"))
+        assert getattr(cfg.gradprom, key) == value and cfg.gradprom.strategy == "gradprom"

@@ -6,8 +6,7 @@ import pytest
 
 from gradprom.platform.config import build_config
 from gradprom.platform.errors import ConfigError
-from gradprom.tuning.space import apply_params, build_spec, default_point, fixed_values, param_space, \
-    param_space_names
+from gradprom.tuning.space import apply_params, build_spec, default_point, fixed_values, param_space, param_space_names
 
 
 def test_variant_choices_are_searched_fixed_or_rejected():
