@@ -14,7 +14,9 @@ peak memory of each variant is reported. `--compile BACKEND` adds the same steps
 
 Usage: python benchmarks/step_overhead.py [--batch 32] [--size 64] [--repeats 15] [--device cpu|cuda]
        [--channels 16,32,64] [--recognizer-channels 16,32,64] [--precision bf16|fp32] [--compile inductor]
-Targets (issue 3): gradprom/floor <= 1.15, bookkeeping <= 5 %, gradprom-out/joint <= 1.05.
+Targets (issue 3): gradprom/floor <= 1.15, bookkeeping <= 5 %, gradprom-out/joint <= 1.05;
+(issue 14): each gate variant's own pieces (magnitude control, the two-part Adam step, the preconditioned gate)
+cost <= 5 % of a plain gradprom step; the whole variant steps are printed beside it too.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from gradprom.platform.gradients import assign_flat_grad, flatten_grads
+from gradprom.platform.magnitude import TaskScaler
 from gradprom.platform.models import build_enhancer, build_recognizer
+from gradprom.platform.optim import TwoPartAdam, build_optimizer
 from gradprom.platform.step import TrainStep
-from gradprom.platform.strategies import GradProm, ParamLayout
+from gradprom.platform.strategies import GradProm, ParamLayout, cosine
 
 
 def sync(device: torch.device) -> None:
@@ -95,6 +99,18 @@ def measure(batch: int = 32, size: int = 64, repeats: int = 15, warmup: int = 3,
         "gradprom-batched": step(E, vjp="batched"),
         "gradprom-layer": step(E, GradProm(0.0, "layer")),
         "gradprom-out": step(E, gate_space="output"),
+        # the gate variants of issue 14 (README "Gate variants under Adam"), each on the same TrainStep
+        "gradprom-matched": step(E, scaler=TaskScaler("match")),
+        "gradprom-clip-ema": step(E, scaler=TaskScaler("clip", ema=0.9)),
+        "gradprom-separate": (lambda s: lambda: s(x_lq, x_hq, y))(TrainStep(
+            E, R, build_optimizer(E.parameters(), "adam", 1e-5, moments="separate"), opt_r, GradProm(0.0),
+            lambda_r=lam_r, autocast_dtype=dtype)),
+        "gradprom-precond": (lambda s: lambda: s(x_lq, x_hq, y))(TrainStep(
+            E, R, build_optimizer(E.parameters(), "adam", 1e-5, gate_metric="preconditioned"), opt_r,
+            GradProm(0.0), lambda_r=lam_r, autocast_dtype=dtype, gate_metric="preconditioned")),
+        "gradprom-sgd": (lambda s: lambda: s(x_lq, x_hq, y))(TrainStep(
+            E, R, build_optimizer(E.parameters(), "sgd", 1e-5), opt_r, GradProm(0.0), lambda_r=lam_r,
+            autocast_dtype=dtype)),
     }
     errors: dict[str, str] = {}
     if compile_backend:
@@ -126,6 +142,34 @@ def measure(batch: int = 32, size: int = 64, repeats: int = 15, warmup: int = 3,
         assign_flat_grad(r_params, buf[2 * P:-2])
 
     variants["bookkeeping"] = bookkeeping
+
+    # what each gate variant adds to the step, timed on tensors of the real size (on a busy machine whole steps
+    # differ by more than these pieces cost, so the pieces are the figure to read)
+    ge, gr = torch.randn(P, device=device), torch.randn(P, device=device)
+    shadow = [torch.nn.Parameter(p.detach().clone()) for p in e_params]
+    adam_ref = torch.optim.Adam(shadow, lr=1e-5)
+    sep = TwoPartAdam(shadow, lr=1e-5, moments="separate")
+    pre = TwoPartAdam(shadow, lr=1e-5, moments="shared", preconditioned=True)
+    ones = torch.ones(P, device=device)
+    scaler, scaler_ema = TaskScaler("match"), TaskScaler("clip", ema=0.9)
+
+    def opt_step(opt, task: bool):
+        assign_flat_grad(shadow, ge)
+        if task:
+            opt.set_task_part(gr, ones)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def precond_gate():
+        sq = pre.preconditioner(ge).sqrt()
+        d = gate(sq * ge, sq * gr, layout, cos=cosine(sq * ge, sq * gr))
+        return d.task_part / sq
+
+    pieces = {"adam step": lambda: opt_step(adam_ref, False),
+              "match": lambda: (scaler(ge, gr, layout), cosine(ge, gr)),
+              "clip + ema": lambda: (scaler_ema(ge, gr, layout), cosine(ge, gr)),
+              "separate step": lambda: opt_step(sep, True), "precond gate": precond_gate,
+              "precond step": lambda: opt_step(pre, True)}
     if only is not None:
         variants = {k: v for k, v in variants.items() if k in only}
 
@@ -157,6 +201,19 @@ def measure(batch: int = 32, size: int = 64, repeats: int = 15, warmup: int = 3,
                 times[name].append(dt)
         rounds = r + 1
     med = {k: statistics.median(v) * 1e3 for k, v in times.items() if v}
+    ptimes: dict[str, list[float]] = {k: [] for k in pieces}
+    for r in range(5 + 10 * max(rounds - warmup, 1)):
+        for name, fn in pieces.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            if r >= 5:
+                ptimes[name].append(time.perf_counter() - t)
+    pm = {k: statistics.median(v) * 1e3 for k, v in ptimes.items()}
+    variant_ms = {"gradprom-matched": pm["match"], "gradprom-clip-ema": pm["clip + ema"],
+                  "gradprom-separate": pm["separate step"] - pm["adam step"],
+                  "gradprom-precond": pm["precond gate"] + pm["precond step"] - pm["adam step"], "gradprom-sgd": 0.0}
 
     def ratio(a: str, b: str) -> float | None:
         return med[a] / med[b] if a in med and b in med else None
@@ -166,7 +223,10 @@ def measure(batch: int = 32, size: int = 64, repeats: int = 15, warmup: int = 3,
               "gradprom-batched/gradprom": ratio("gradprom-batched", "gradprom"),
               "gradprom-layer/floor": ratio("gradprom-layer", "floor"),
               "gradprom-out/joint": ratio("gradprom-out", "joint"),
-              "bookkeeping/gradprom": ratio("bookkeeping", "gradprom")}
+              "bookkeeping/gradprom": ratio("bookkeeping", "gradprom"),
+              **{f"{k}/gradprom": ratio(k, "gradprom") for k in variant_ms},
+              **{f"{k} own pieces/gradprom": (v / med["gradprom"] if "gradprom" in med else None)
+                 for k, v in variant_ms.items()}}
     if compile_backend:
         ratios.update({"gradprom-compiled/gradprom": ratio("gradprom-compiled", "gradprom"),
                        "joint-compiled/joint": ratio("joint-compiled", "joint"),
@@ -209,7 +269,8 @@ def main() -> None:
         print(f"  {k:26s} failed: {e}")
     print("ratios (measured side by side in this run):")
     targets = {"gradprom/floor": "   (target <= 1.15)", "gradprom-out/joint": "   (target <= 1.05)",
-               "bookkeeping/gradprom": "   (target <= 5 %)"}
+               "bookkeeping/gradprom": "   (target <= 5 %)",
+               **{k: "   (target <= 5 %)" for k in r["ratios"] if k.endswith("own pieces/gradprom")}}
     for k, v in r["ratios"].items():
         if v is not None:
             print(f"  {k:42s} {v:.3f}{targets.get(k, '')}")

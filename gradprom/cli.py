@@ -17,18 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from gradprom.config_flags import FlagTable, add_config_options, merged_config, source_of
+from gradprom.platform.strategies import REGISTRY, strategy_help
 
 # flag -> config field (type, choices, default and help come from the field; flags not given are not applied,
 # so a config file's values stand)
 TRAIN_FLAGS: FlagTable = {
     "task": "task", "seed": "seed", "data": "data.source", "degradation": "data.degradation",
-    "batch_size": "data.batch_size", "strategy": "gradprom.strategy", "tau": "gradprom.tau",
-    "granularity": "gradprom.granularity", "gate_space": "gradprom.gate_space", "lambda_e": "gradprom.lambda_e",
+    "batch_size": "data.batch_size", "strategy": ("gradprom.strategy", strategy_help()), "tau": "gradprom.tau",
+    "granularity": "gradprom.granularity", "gate_space": "gradprom.gate_space", "scale": "gradprom.scale",
+    "moments": "gradprom.moments", "gate_metric": "gradprom.gate_metric", "lambda_e": "gradprom.lambda_e",
     "lambda_r": "gradprom.lambda_r", "recognizer_mode": "gradprom.recognizer_mode",
-    "recognizer_checkpoint": "gradprom.recognizer_checkpoint", "epochs": "optim.epochs", "lr": "optim.lr",
-    "max_steps_per_epoch": "optim.max_steps_per_epoch", "out": "run.out", "name": "run.name",
-    "device": "run.device", "workers": "distributed.workers", "gpus_per_worker": "distributed.gpus_per_worker",
-    "address": "distributed.address",
+    "recognizer_checkpoint": "gradprom.recognizer_checkpoint", "epochs": "optim.epochs",
+    "optimizer": "optim.optimizer", "lr": "optim.lr", "max_steps_per_epoch": "optim.max_steps_per_epoch",
+    "out": "run.out", "name": "run.name", "device": "run.device", "workers": "distributed.workers",
+    "gpus_per_worker": "distributed.gpus_per_worker", "address": "distributed.address",
 }
 TRAIN_METAVARS = {"data": "SOURCE", "degradation": "SPEC", "strategy": "NAME", "recognizer_checkpoint": "PATH",
                   "out": "DIR", "name": "NAME", "address": "HOST:PORT"}
@@ -109,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_STRATEGIES = ["enhance_only", "joint", "pcgrad", "cosine_weighted", "gradprom"]
+DEMO_STRATEGIES = list(REGISTRY)  # every registered strategy, baselines first
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

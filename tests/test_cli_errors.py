@@ -104,7 +104,7 @@ CASES: dict[str, tuple[Argv, list[str]]] = {
                                    ["config field `gradprom.strategy`", "`NotAThing` is not a torchjd aggregator",
                                     "UPGrad"]),
     "layer-granularity-with-joint": (train("--granularity", "layer", "--strategy", "joint"),
-                                     ["`granularity: layer`", "'gradprom' and 'cosine_weighted'", "got 'joint'"]),
+                                     ["`granularity: layer`", "'cosine_weighted' and 'gradprom'", "got 'joint'"]),
     "output-gate-with-pcgrad": (train("--gate-space", "output", "--strategy", "pcgrad"),
                                 ["`gate_space: output`", "supports strategies", "got 'pcgrad'"]),
     "resnet-cannot-segment": (train("--task", "segmentation", "--set", "model.recognizer=resnet"),

@@ -10,16 +10,15 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-# name in the report -> gradprom config section overrides
-STRATEGIES: dict[str, dict[str, Any]] = {
-    "enhance_only": {"strategy": "enhance_only"},
-    "joint": {"strategy": "joint"},
-    "pcgrad": {"strategy": "pcgrad"},
-    "cosine_weighted": {"strategy": "cosine_weighted"},
-    "gradprom": {"strategy": "gradprom"},
-    "gradprom_layer": {"strategy": "gradprom", "granularity": "layer"},
-    "gradprom_output": {"strategy": "gradprom", "gate_space": "output"},
-}
+from gradprom.platform.strategies import REGISTRY, STRATEGY_PRESETS
+
+# name in the report -> gradprom config section overrides: every registered strategy, then the presets
+# (gradprom_layer, gradprom_output and the Adam-aware gate variants gradprom_matched/_separate/_precond)
+STRATEGIES: dict[str, dict[str, Any]] = {**{n: {"strategy": n} for n in REGISTRY}, **STRATEGY_PRESETS}
+# the arms a grid runs unless --strategies says otherwise; the quick preset's 30-minute budget was sized for
+# these seven, so the Adam-aware variants (ADAM_VARIANTS) are opt-in: --strategies gradprom,gradprom_matched,...
+ADAM_VARIANTS = ("gradprom_matched", "gradprom_separate", "gradprom_precond")
+DEFAULT_STRATEGIES = tuple(n for n in STRATEGIES if n not in ADAM_VARIANTS)
 GRADPROM = "gradprom"  # the variant the paired tests compare against every baseline
 BASELINES = ("enhance_only", "joint", "pcgrad", "cosine_weighted")
 
@@ -84,7 +83,7 @@ class GridSpec:
     """What to run: the axes, the preset and the data."""
 
     preset: str = "quick"
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     degradations: list[str] = field(default_factory=lambda: list(DEGRADATIONS))
     seeds: int | None = None  # None: the preset's

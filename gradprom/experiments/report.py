@@ -27,6 +27,7 @@ from gradprom.platform.data.sources import build_datasets  # noqa: E402
 from gradprom.platform.evaluate import load_trained_models
 from gradprom.platform.figures import save_figure  # noqa: E402
 from gradprom.platform.rundir import RunDir, versions  # noqa: E402
+from gradprom.platform.strategies import STRATEGY_PRESETS  # noqa: E402
 
 from .grid import BASELINES, GRADPROM, PRESETS, GridSpec  # noqa: E402
 from .stats import paired  # noqa: E402
@@ -102,7 +103,7 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
                 lines += [f"Paired tests, {GRADPROM} minus baseline (n = test images × seeds):", "",
                           f"| baseline | Δ PSNR (dB) | p | Δ SSIM | p | Δ {metric} (frozen R) | p | Δ PSNR per seed |",
                           "|---|---|---|---|---|---|---|---|"]
-                for base in [b for b in (*BASELINES, "gradprom_layer", "gradprom_output") if b in spec.strategies]:
+                for base in [b for b in (*BASELINES, *STRATEGY_PRESETS) if b in spec.strategies]:
                     t = {m: paired(runs, task, deg, GRADPROM, base, seeds, m) for m in ("psnr", "ssim", "task_frozen")}
                     tests[base] = t
                     lines.append(f"| {base} | {t['psnr']['mean_diff']:+.3f} | {_p(t['psnr']['p'])} | "

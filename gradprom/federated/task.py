@@ -131,6 +131,13 @@ class ProximalOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.opt.zero_grad(set_to_none=set_to_none)
 
+    def __getattr__(self, name: str):
+        """Forward the rest (e.g. TwoPartAdam's set_task_part / preconditioner) to the wrapped optimizer."""
+        opt = self.__dict__.get("opt")
+        if opt is None:
+            raise AttributeError(name)
+        return getattr(opt, name)
+
 
 @dataclass
 class LocalResult:

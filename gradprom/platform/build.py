@@ -15,6 +15,7 @@ from gradprom.platform.config import Config
 from gradprom.platform.data.dataset import DataInfo, EnhancementDataset
 from gradprom.platform.errors import ConfigError, DataError
 from gradprom.platform.models import build_enhancer, build_recognizer
+from gradprom.platform.optim import build_optimizer
 
 
 def epoch_seed(cfg: Config, epoch: int) -> int:
@@ -56,17 +57,19 @@ class Models:
 
 
 def build_models(cfg: Config, info: DataInfo, scale: int, device: torch.device) -> Models:
-    """Enhancer, recognizer (optionally loaded from a checkpoint) and their Adam optimizers, seeded."""
+    """Enhancer, recognizer (optionally loaded from a checkpoint) and their optimizers (`optim.optimizer`), seeded."""
     torch.manual_seed(cfg.seed)
     E = build_enhancer(cfg.model.enhancer, info.channels, scale, cfg.model.enhancer_channels).to(device)
     R = build_recognizer(cfg.recognizer_name, cfg.task, info.channels, info.num_outputs(cfg.task),
                          cfg.model.recognizer_channels, norm=cfg.model.recognizer_norm).to(device)
     if cfg.gradprom.recognizer_checkpoint:
         load_recognizer(R, cfg.gradprom.recognizer_checkpoint, device)
-    opt_e = torch.optim.Adam(E.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    o = cfg.optim
+    opt_e = build_optimizer(E.parameters(), o.optimizer, o.lr, o.weight_decay, o.momentum, cfg.gradprom.moments,
+                            cfg.gradprom.gate_metric)
     opt_r = None
     if cfg.gradprom.recognizer_mode != "frozen":
-        opt_r = torch.optim.Adam(R.parameters(), lr=cfg.optim.lr_recognizer, weight_decay=cfg.optim.weight_decay)
+        opt_r = build_optimizer(R.parameters(), o.optimizer, o.lr_recognizer, o.weight_decay, o.momentum)
     return Models(E, R, opt_e, opt_r)
 
 

@@ -105,9 +105,41 @@ class GradPromConfig(_Section):
     recognizer_checkpoint: str | None = F(None, "checkpoint to load R from (required for frozen; a warm start "
                                           "otherwise)")
 
+    # ---- gate variants whose guarantee holds for the step the optimizer takes (README "Gate variants under
+    # Adam"); they apply to the additive strategies (update = g_e + admitted g_r) in parameter space.
+    scale: Literal["none", "match", "clip"] = F("none", "magnitude control of g_r before the gate's sum (the gate "
+                                                "decides on the unscaled pair): match: g_r <- scale_factor "
+                                                "|g_e|/|g_r| g_r; clip: g_r shrunk to at most scale_factor |g_e|")
+    scale_factor: float = F(1.0, "alpha of `scale`", gt=0.0)
+    scale_granularity: Literal["global", "layer"] = F("global", "the norms of `scale` over all enhancer parameters "
+                                                      "or per parameter tensor (layer needs granularity: layer)")
+    scale_ema: float = F(0.0, "MetaBalance-style smoothing of the norms: EMA beta (0 = this step's norms)", ge=0.0,
+                         lt=1.0)
+    scale_relax: float = F(1.0, "MetaBalance relax factor r: g_r <- (r factor + 1 - r) g_r (1 = the full factor)",
+                           ge=0.0, le=1.0)
+    moments: Literal["shared", "separate"] = F("shared", "Adam statistics of E: one Adam on the update d (shared), "
+                                               "or g_e and the admitted g_r with their own moments and one "
+                                               "parameter step (separate: a closed gate is exactly an "
+                                               "enhance-only Adam step)")
+    gate_metric: Literal["euclidean", "preconditioned"] = F("euclidean", "the gate's metric: cos(g_e, g_r), or "
+                                                            "the cosine in Adam's metric P = 1/(sqrt(v_e) + eps) "
+                                                            "with the step P(g_e + [open] g_r)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        from gradprom.platform.strategies import expand_preset
+
+        return expand_preset(data) if isinstance(data, dict) else data  # e.g. strategy: gradprom_layer
+
     @model_validator(mode="after")
     def _consistent(self) -> GradPromConfig:
-        from gradprom.platform.strategies import OUTPUT_SPACE_STRATEGIES, parse_strategy
+        from gradprom.platform.strategies import (
+            ADDITIVE_STRATEGIES,
+            LAYER_STRATEGIES,
+            OUTPUT_SPACE_STRATEGIES,
+            parse_strategy,
+        )
 
         parse_strategy(self.strategy)  # raises ConfigError naming the strategy
         if self.gate_space == "output":
@@ -117,8 +149,20 @@ class GradPromConfig(_Section):
             if self.strategy not in OUTPUT_SPACE_STRATEGIES:
                 raise ValueError(f"`gate_space: output` supports strategies {sorted(OUTPUT_SPACE_STRATEGIES)}, "
                                  f"got {self.strategy!r}")
-        if self.granularity == "layer" and self.strategy not in ("gradprom", "cosine_weighted"):
-            raise ValueError(f"`granularity: layer` applies to 'gradprom' and 'cosine_weighted', got {self.strategy!r}")
+        if self.granularity == "layer" and self.strategy not in LAYER_STRATEGIES:
+            names = " and ".join(repr(n) for n in sorted(LAYER_STRATEGIES))
+            raise ValueError(f"`granularity: layer` applies to {names}, got {self.strategy!r}")
+        plain = {"scale": "none", "moments": "shared", "gate_metric": "euclidean"}
+        variants = [f"{k}: {getattr(self, k)}" for k, off in plain.items() if getattr(self, k) != off]
+        if variants and self.strategy not in ADDITIVE_STRATEGIES:
+            raise ValueError(f"`{', '.join(variants)}` applies to the strategies {sorted(ADDITIVE_STRATEGIES)} "
+                             f"(update = g_e + admitted g_r), got {self.strategy!r}")
+        if self.scale != "none" and self.scale_granularity == "layer" and self.granularity != "layer":
+            raise ValueError("`scale_granularity: layer` needs `granularity: layer`: with one global gate, per-layer "
+                             "factors could turn an agreeing g_r into a disagreeing one (losing <d, g_e> >= |g_e|^2)")
+        if variants and self.gate_space != "parameter":
+            raise ValueError(f"`{', '.join(variants)}` needs `gate_space: parameter` (it works on g_e and g_r "
+                             "in parameter space)")
         if self.recognizer_mode == "frozen" and not self.recognizer_checkpoint:
             raise ValueError("`recognizer_mode: frozen` needs `recognizer_checkpoint` (a trained recognizer)")
         return self
@@ -128,9 +172,13 @@ class OptimConfig(_Section):
     """optim: optimizers, epochs and the non-finite guard."""
 
     epochs: int = F(10, "number of epochs", ge=1)
-    lr: float = F(1e-3, "enhancer learning rate (Adam)", gt=0.0)
-    lr_recognizer: float = F(1e-3, "recognizer learning rate (Adam)", gt=0.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = F("adam", "the optimizer of both models: adam, adamw (decoupled "
+                                                   "weight decay) or sgd (plain or heavy-ball with `momentum`; the "
+                                                   "paper's descent theorem holds exactly for plain SGD steps)")
+    lr: float = F(1e-3, "enhancer learning rate", gt=0.0)
+    lr_recognizer: float = F(1e-3, "recognizer learning rate", gt=0.0)
     weight_decay: float = F(0.0, "weight decay of both optimizers", ge=0.0)
+    momentum: float = F(0.0, "sgd only: heavy-ball momentum", ge=0.0, lt=1.0)
     max_nonfinite_streak: int = F(10, "a step whose losses or gradients are NaN/Inf is skipped; this many in a row "
                                   "stop the run", ge=1)
     max_steps_per_epoch: int | None = F(None, "cap on optimizer steps per epoch (null = the whole train split); "
@@ -193,7 +241,22 @@ class Config(_Section):
             ok = {"classification": ("resnet", "densenet"), "segmentation": ("unet",)}[self.task]
             if rec not in ok:
                 raise ValueError(f"`model.recognizer: {rec}` does not fit `task: {self.task}`; use one of {list(ok)}")
+        if self.optim.momentum and self.optim.optimizer != "sgd":
+            raise ValueError(f"`optim.momentum` applies to `optim.optimizer: sgd`, got `{self.optim.optimizer}` "
+                             "(Adam's momentum is its beta1)")
+        g = self.gradprom
+        if self.optim.optimizer == "sgd" and (g.moments != "shared" or g.gate_metric != "euclidean"):
+            raise ValueError(f"`gradprom.moments: {g.moments}` / `gradprom.gate_metric: {g.gate_metric}` work on "
+                             "Adam's moments; use `optim.optimizer: adam` or `adamw` (SGD's preconditioner is the "
+                             "identity, so they would be the plain gate)")
         return self
+
+    @property
+    def gate_variant(self) -> dict[str, Any]:
+        """The gate variant's fields as run.json records them (README "Gate variants under Adam")."""
+        g = self.gradprom
+        return {"scale": g.scale, "scale_factor": g.scale_factor, "moments": g.moments, "gate_metric": g.gate_metric,
+                "optimizer": self.optim.optimizer}
 
     @property
     def recognizer_name(self) -> str:

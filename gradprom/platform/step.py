@@ -9,6 +9,11 @@ Phases of one step (DESIGN.md §1):
      gate on cos(u_e, u_r) and run one VJP (output space, the cheap approximation)
   4) reduce everything in one flat buffer; skip the step if anything is NaN/Inf
   5) the strategy turns (g_e, g_r) into E's update; one optimizer step for E and one for R
+
+The gate variants of issue 14 are options of this same step: `scaler` rescales g_r before the strategy's sum
+(magnitude.py); `gate_metric="preconditioned"` runs the strategy in the metric of E's Adam (P = 1/(√v̂_e+ε)) by
+handing it P^½·g_e and P^½·g_r; and an optimizer with `set_task_part` (optim.TwoPartAdam: separate moments or the
+preconditioned step) receives g_e in `.grad` and the admitted share of g_r beside it instead of their sum.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from gradprom.platform.distributed.reducers import IdentityReducer, Reducer
 from gradprom.platform.errors import TrainingError
 from gradprom.platform.gradients import assign_flat_grad, enhancer_gradient_pair, enhancer_vjp, flatten_grads
 from gradprom.platform.losses import enhancement_loss, recognition_loss
-from gradprom.platform.strategies import ParamLayout, Strategy, make_strategy
+from gradprom.platform.magnitude import TaskScaler
+from gradprom.platform.strategies import ParamLayout, Strategy, cosine, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +50,12 @@ class StepResult:
     norm_gr: float
     layer_open: list[float] | None = None
     nonfinite: str = ""  # which quantity was NaN/Inf when skipped
+    scale: float = 1.0  # the factor applied to g_r (`gradprom.scale`; 1 without magnitude control)
 
     def row(self) -> dict:
-        """The step-table columns."""
+        """The step-table columns (`scale` is new in issue 14: readers of older runs find it missing)."""
         r = {"loss_e": self.loss_e, "loss_r": self.loss_r, "cos": self.cos, "gate_open": self.gate_open,
-             "norm_ge": self.norm_ge, "norm_gr": self.norm_gr, "skipped": self.skipped}
+             "norm_ge": self.norm_ge, "norm_gr": self.norm_gr, "skipped": self.skipped, "scale": self.scale}
         if self.layer_open is not None:
             r["layer_open"] = self.layer_open
         return r
@@ -79,6 +86,8 @@ class TrainStep:
     reducer: Reducer = field(default_factory=IdentityReducer)
     autocast_dtype: torch.dtype | None = None  # bf16 on CUDA
     max_nonfinite_streak: int = 10
+    scaler: TaskScaler | None = None  # `gradprom.scale`: g_r's magnitude against g_e's before the sum
+    gate_metric: Literal["euclidean", "preconditioned"] = "euclidean"  # the metric the gate decides in
 
     def __post_init__(self) -> None:
         self.e_params = [p for p in self.enhancer.parameters() if p.requires_grad]
@@ -91,6 +100,12 @@ class TrainStep:
             self.r_params = [p for p in self.recognizer.parameters() if p.requires_grad]
         self._enh_loss = enhancement_loss(self.enhancement_loss)
         self._rec_loss = recognition_loss(self.task)
+        if self.gate_metric == "preconditioned" and not hasattr(self.opt_e, "preconditioner"):
+            raise ValueError("`gate_metric='preconditioned'` needs E's optimizer to expose Adam's preconditioner "
+                             "(optim.TwoPartAdam, built by optim.build_optimizer)")
+        if hasattr(self.opt_e, "set_task_part") and [id(p) for p in self.opt_e.params] != [id(p) for p in
+                                                                                             self.e_params]:
+            raise ValueError("E's two-part optimizer must hold exactly the enhancer's trainable parameters, in order")
         self.steps_done = 0
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
@@ -105,13 +120,15 @@ class TrainStep:
         """
         g = cfg.gradprom
         on_cuda = device is not None and device.type == "cuda"
+        scaler = None if g.scale == "none" else TaskScaler(g.scale, g.scale_factor, g.scale_granularity, g.scale_ema,
+                                                            g.scale_relax)
         return cls(enhancer=enhancer, recognizer=recognizer, opt_e=opt_e, opt_r=opt_r,
                    strategy=(strategy or (lambda s: s))(make_strategy(g.strategy, g.tau, g.granularity)), task=cfg.task,
                    lambda_e=g.lambda_e, lambda_r=g.lambda_r, enhancement_loss=g.enhancement_loss,
                    recognizer_mode=g.recognizer_mode, gate_space=g.gate_space, vjp=g.vjp,
                    reducer=reducer or IdentityReducer(),
                    autocast_dtype=torch.bfloat16 if on_cuda and cfg.run.precision == "bf16" else None,
-                   max_nonfinite_streak=cfg.optim.max_nonfinite_streak)
+                   max_nonfinite_streak=cfg.optim.max_nonfinite_streak, scaler=scaler, gate_metric=g.gate_metric)
 
     # ------------------------------------------------------------------------------------------------
     def _autocast(self, device_type: str):
@@ -169,9 +186,8 @@ class TrainStep:
             bad = self._nonfinite(losses, G[0], G[1], g_R)
             if bad:
                 return self._skip(bad, losses)
-            # 5) the strategy decides E's update
-            decision = self.strategy(G[0], G[1], self.layout)
-            update = decision.update
+            # 5) the strategy decides E's update (on a rescaled g_r and/or in Adam's metric, if asked)
+            decision, update, task_part, scale = self._decide(G[0], G[1])
             norms = torch.stack([torch.linalg.vector_norm(G[0]), torch.linalg.vector_norm(G[1])])
         else:
             # 3') output-space gate: the cosine of the upstream gradients, reduced across workers as sums
@@ -185,7 +201,7 @@ class TrainStep:
                 return self._skip(bad, losses)
             nn_ = (stats[1] * stats[2]).sqrt()
             cos = torch.where(nn_ > 1e-20, stats[0] / nn_.clamp_min(1e-20), torch.zeros_like(nn_))
-            decision = self.strategy(ue, ur, cos=cos)
+            decision, task_part, scale = self.strategy(ue, ur, cos=cos), None, None
             # exactly one VJP through E: of u_e + u_r when open, of u_e alone when closed
             update = self.reducer(enhancer_vjp(x_hat, self.e_params, decision.update.view_as(u_e)).float())
             if not bool(torch.isfinite(update).all()):
@@ -193,7 +209,14 @@ class TrainStep:
             norms = stats[1:].sqrt()  # in output space these are the upstream norms at x_hat
 
         # 6) one optimizer step for each model
-        assign_flat_grad(self.e_params, update)
+        if task_part is not None and hasattr(self.opt_e, "set_task_part"):
+            # two-part optimizer: g_e in .grad, the admitted g_r beside it (separate moments / preconditioned)
+            assign_flat_grad(self.e_params, G[0])
+            admitted = decision.layer_open[self.layout.segment_ids(task_part.device)] \
+                if decision.layer_open is not None else decision.gate_open.expand(task_part.shape)
+            self.opt_e.set_task_part(task_part, admitted)
+        else:
+            assign_flat_grad(self.e_params, update)
         self.opt_e.step()
         self.opt_e.zero_grad(set_to_none=True)
         if g_R is not None and self.opt_r is not None:
@@ -204,9 +227,30 @@ class TrainStep:
 
         # 7) one host sync for all logged scalars
         vals = torch.stack([losses[0], losses[1], decision.cos.float(), decision.gate_open.float(),
-                            norms[0], norms[1]]).tolist()
+                            norms[0], norms[1], norms.new_ones(()) if scale is None else scale.float()]).tolist()
         layer = decision.layer_open.tolist() if decision.layer_open is not None else None
-        return StepResult(False, *vals, layer_open=layer)
+        return StepResult(False, *vals[:6], layer_open=layer, scale=vals[6])
+
+    def _decide(self, g_e: Tensor, g_r: Tensor):
+        """(decision, update, task part or None, applied scale or None) in parameter space.
+
+        The gate decides on the unscaled pair (cos is scale-invariant; passing it keeps that exact). In the
+        preconditioned metric the strategy sees s·g_e and s·g_r with s = P^½, so its cosine is the P-cosine
+        ⟨P g_r, g_e⟩/(‖g_r‖_P ‖g_e‖_P) and its task part, divided by s again, is the admitted g_r."""
+        scale = None
+        g_r_used = g_r
+        if self.scaler is not None:
+            g_r_used, scale = self.scaler(g_e, g_r, self.layout)
+        if self.gate_metric == "preconditioned":
+            s = self.opt_e.preconditioner(g_e).sqrt()
+            se = s * g_e
+            decision = self.strategy(se, s * g_r_used, self.layout, cos=cosine(se, s * g_r))
+            if decision.task_part is None:
+                raise ValueError(f"`gate_metric='preconditioned'` needs an additive strategy, got {self.strategy!r}")
+            task_part = decision.task_part / s
+            return decision, g_e + task_part, task_part, scale
+        decision = self.strategy(g_e, g_r_used, self.layout, cos=None if scale is None else cosine(g_e, g_r))
+        return decision, decision.update, decision.task_part, scale
 
     # ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -233,4 +277,4 @@ class TrainStep:
                 f"gradients overflow. Raise `optim.max_nonfinite_streak` to tolerate more skipped steps.")
         le, lr_ = losses.tolist()
         nan = float("nan")
-        return StepResult(True, le, lr_, nan, nan, nan, nan, nonfinite=what)
+        return StepResult(True, le, lr_, nan, nan, nan, nan, nonfinite=what, scale=nan)

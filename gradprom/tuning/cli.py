@@ -21,6 +21,9 @@ TUNE_FLAGS: dict[str, tuple[str, type, str]] = {
     "lr": ("lr", str, "log-uniform range LO,HI of the enhancer's learning rate (default 1e-4,1e-2)"),
     "strategies": ("strategy", str, "comma-separated strategies to search too (default: the base config's)"),
     "granularities": ("granularity", str, "comma-separated: global,layer (default: the base config's)"),
+    "scales": ("scale", str, "comma-separated: none,match,clip (gate variants; default: the base config's)"),
+    "moments": ("moments", str, "comma-separated: shared,separate (default: the base config's)"),
+    "gate_metrics": ("gate_metric", str, "comma-separated: euclidean,preconditioned (default: the base config's)"),
     "sampler": ("sampler", str, "Optuna sampler: tpe (default) | nsga2 | random"),
     "search_seed": ("seed", int, "the sampler's seed (default 0)"),
     "concurrency": ("max_concurrent", int, "trials at a time (default: as many as the CPUs allow)"),
@@ -37,7 +40,7 @@ BASE_FLAGS: dict[str, tuple[str, type, str]] = {
     "seed": ("seed", int, "seed of data, degradations and model init of every trial"),
     "device": ("run.device", str, "auto | cpu | cuda"),
 }
-LIST_FIELDS = ("strategy", "granularity")
+LIST_FIELDS = ("strategy", "granularity", "scale", "moments", "gate_metric")
 
 
 def register(sub) -> None:

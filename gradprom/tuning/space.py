@@ -14,6 +14,9 @@ tune:
   lr: [0.0001, 0.01]         # log-uniform (the enhancer's Adam)
   strategy: null             # e.g. [gradprom, cosine_weighted] to search it too
   granularity: null          # e.g. [global, layer]
+  scale: null                # e.g. [none, match]: the gate variants of README "Gate variants under Adam"
+  moments: null              # e.g. [shared, separate]
+  gate_metric: null          # e.g. [euclidean, preconditioned]
 ```
 """
 
@@ -31,7 +34,8 @@ from gradprom.platform.metrics import task_metric_name
 METRIC_MODES = {"psnr": "max", "ssim": "max", "task": "max", "accuracy": "max", "auc": "max", "dice": "max",
                 "loss_e": "min", "loss_r": "min", "gate_open_rate": "max", "mean_cos": "max"}
 TASK_METRICS = {"classification": ("accuracy", "auc"), "segmentation": ("dice",)}
-SEARCHED = ("tau", "lambda_e", "lambda_r", "lr")  # the numeric dimensions; strategy/granularity are choices
+SEARCHED = ("tau", "lambda_e", "lambda_r", "lr")  # the numeric dimensions; CHOICES are categorical
+CHOICES = ("strategy", "granularity", "scale", "moments", "gate_metric")  # each a `gradprom` field
 BOUNDS = {"tau": (-1.0, 1.0), "lambda_e": (0.0, None), "lambda_r": (0.0, None), "lr": (0.0, None)}
 
 
@@ -54,6 +58,9 @@ class TuneSpec(BaseModel):
     # optional choices; None keeps the base config's value
     strategy: list[str] | None = None
     granularity: list[Literal["global", "layer"]] | None = None
+    scale: list[Literal["none", "match", "clip"]] | None = None
+    moments: list[Literal["shared", "separate"]] | None = None
+    gate_metric: list[Literal["euclidean", "preconditioned"]] | None = None
     # Optuna sampler: tpe (default; multi-objective TPE for several metrics) | nsga2 | random
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0  # the sampler's seed (recorded in run.json)
@@ -96,14 +103,16 @@ class TuneSpec(BaseModel):
                 raise ValueError(f"`tune.{name}`: range [{lo:g}, {hi:g}] is outside its bounds; values must be "
                                  f"> {low:g} (searched log-uniformly)")
         if self.strategy is not None:
-            from gradprom.platform.strategies import parse_strategy
+            from gradprom.platform.strategies import STRATEGY_PRESETS, parse_strategy
 
             if not self.strategy:
                 raise ValueError("`tune.strategy`: give at least one strategy, or null to keep the base config's")
             for s in self.strategy:
-                parse_strategy(s)  # ConfigError naming the strategy
-        if self.granularity is not None and not self.granularity:
-            raise ValueError("`tune.granularity`: give at least one of global, layer, or null")
+                if s not in STRATEGY_PRESETS:  # a preset (e.g. gradprom_layer) is expanded by the trial's config
+                    parse_strategy(s)  # ConfigError naming the strategy
+        for name in CHOICES[1:]:
+            if getattr(self, name) is not None and not getattr(self, name):
+                raise ValueError(f"`tune.{name}`: give at least one value, or null to keep the base config's")
         return self
 
     # ---- objectives ----------------------------------------------------------------------------------------
@@ -171,27 +180,27 @@ def param_space(spec: TuneSpec) -> dict[str, Any]:
         if lo == hi:
             continue  # fixed: set in the base config instead (a zero-width domain is not samplable)
         space[name] = tune.uniform(lo, hi) if name == "tau" else tune.loguniform(lo, hi)
-    if spec.strategy and len(spec.strategy) > 1:
-        space["strategy"] = tune.choice(list(spec.strategy))
-    if spec.granularity and len(spec.granularity) > 1:
-        space["granularity"] = tune.choice(list(spec.granularity))
+    for name in CHOICES:
+        values = getattr(spec, name)
+        if values and len(values) > 1:
+            space[name] = tune.choice(list(values))
     return space
 
 
 def fixed_values(spec: TuneSpec) -> dict[str, Any]:
     """Dimensions with a single value: applied to every trial's config."""
     out: dict[str, Any] = {n: getattr(spec, n)[0] for n in SEARCHED if getattr(spec, n)[0] == getattr(spec, n)[1]}
-    if spec.strategy and len(spec.strategy) == 1:
-        out["strategy"] = spec.strategy[0]
-    if spec.granularity and len(spec.granularity) == 1:
-        out["granularity"] = spec.granularity[0]
+    for name in CHOICES:
+        values = getattr(spec, name)
+        if values and len(values) == 1:
+            out[name] = values[0]
     return out
 
 
 def default_point(spec: TuneSpec, base: Config) -> dict[str, Any]:
     """The paper's defaults (the base config's values) as a first point, clipped into the searched ranges."""
     current = {"tau": base.gradprom.tau, "lambda_e": base.gradprom.lambda_e, "lambda_r": base.gradprom.lambda_r,
-               "lr": base.optim.lr, "strategy": base.gradprom.strategy, "granularity": base.gradprom.granularity}
+               "lr": base.optim.lr, **{n: getattr(base.gradprom, n) for n in CHOICES}}
     point: dict[str, Any] = {}
     for name in param_space_names(spec):
         if name in SEARCHED:
@@ -206,7 +215,7 @@ def default_point(spec: TuneSpec, base: Config) -> dict[str, Any]:
 def param_space_names(spec: TuneSpec) -> list[str]:
     """Names of the searched dimensions, in a fixed order."""
     names = [n for n in SEARCHED if getattr(spec, n)[0] != getattr(spec, n)[1]]
-    names += [n for n in ("strategy", "granularity") if getattr(spec, n) and len(getattr(spec, n)) > 1]
+    names += [n for n in CHOICES if getattr(spec, n) and len(getattr(spec, n)) > 1]
     return names
 
 
@@ -214,7 +223,7 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     """A trial's nested config dict: the base with the sampled values set."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     gp, opt = out.setdefault("gradprom", {}), out.setdefault("optim", {})
-    for name in ("tau", "lambda_e", "lambda_r", "strategy", "granularity"):
+    for name in ("tau", "lambda_e", "lambda_r", *CHOICES):
         if name in params:
             gp[name] = params[name]
     if "lr" in params:

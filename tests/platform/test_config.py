@@ -85,3 +85,31 @@ def test_empty_config_file_means_defaults(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("")
     assert build_config(load_config_file(p)) == build_config()
+
+
+@pytest.mark.parametrize("preset,fields", [
+    ("gradprom_layer", {"granularity": "layer"}), ("gradprom_output", {"gate_space": "output"}),
+    ("gradprom_matched", {"scale": "match"}), ("gradprom_separate", {"moments": "separate"}),
+    ("gradprom_precond", {"gate_metric": "preconditioned"}),
+])
+def test_grid_preset_names_expand_into_the_fields_they_stand_for(preset, fields):
+    g = build_config({"gradprom": {"strategy": preset}}).gradprom
+    assert g.strategy == "gradprom" and all(getattr(g, k) == v for k, v in fields.items())
+
+
+@pytest.mark.parametrize("data,expected", [
+    ({"gradprom": {"strategy": "gradprom_layer", "granularity": "global"}}, ["gradprom_layer", "granularity: layer",
+                                                                             "strategy: gradprom"]),
+    ({"gradprom": {"strategy": "pcgrad", "scale": "match"}}, ["scale: match", "'pcgrad'"]),
+    ({"gradprom": {"moments": "separate", "gate_space": "output"}}, ["moments: separate", "gate_space: parameter"]),
+    ({"gradprom": {"gate_metric": "preconditioned"}, "optim": {"optimizer": "sgd"}}, ["gate_metric", "adam"]),
+    ({"optim": {"momentum": 0.9}}, ["optim.momentum", "sgd"]),
+    ({"gradprom": {"scale": "match", "scale_granularity": "layer"}}, ["scale_granularity: layer", "granularity: layer"]),
+    ({"optim": {"optimizer": "lion"}}, ["optim.optimizer", "'lion'"]),
+    ({"gradprom": {"scale": "double"}}, ["gradprom.scale", "'double'", "'match'"]),
+])
+def test_gate_variant_mistakes_name_the_fields(data, expected):
+    with pytest.raises(ConfigError) as e:
+        build_config(data)
+    for part in expected:
+        assert part in str(e.value)

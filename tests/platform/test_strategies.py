@@ -153,9 +153,43 @@ def test_representations():
     assert repr(GradProm(0.2, "layer")) == "GradProm(tau=0.2, granularity='layer')"
     assert str(GradProm(0.2)) == "GradProm (τ=0.2)"
     assert repr(Joint()) == "Joint()" and str(Joint()) == "joint"
-    assert str(make_strategy("torchjd:UPGrad")) == "torchjd:UPGrad"
     assert "UPGrad" in repr(make_strategy("torchjd:UPGrad"))
     assert repr(CosineWeighted()) == "CosineWeighted(granularity='global')"
+
+
+@pytest.mark.parametrize("spec,key,label", [
+    ("gradprom", "gradprom", "GradProm (τ=0)"), ("joint", "joint", "joint"), ("enhance_only", "enhance_only",
+     "enhance only"), ("cosine_weighted", "cosine_weighted", "cosine-weighted"), ("pcgrad", "pcgrad", "PCGrad"),
+    ("torchjd:UPGrad", "torchjd:UPGrad", "UPGrad"),
+])
+def test_str_is_the_legend_label_and_name_the_config_key(spec, key, label):
+    s = make_strategy(spec)
+    assert s.name == key and str(s) == label
+    assert parse_strategy(s.name)[0] == spec  # the config key round-trips
+
+
+def test_registry_derives_capabilities_from_the_classes():
+    from gradprom.cli import DEMO_STRATEGIES, TRAIN_FLAGS
+    from gradprom.platform import strategies as S
+
+    assert S.LAYER_STRATEGIES == {n for n, c in S.REGISTRY.items() if c.supports_layer} == {"gradprom",
+                                                                                             "cosine_weighted"}
+    assert S.OUTPUT_SPACE_STRATEGIES == {"gradprom", "joint", "enhance_only", "cosine_weighted"}
+    assert all(c.help and c.name == n for n, c in S.REGISTRY.items())
+    assert DEMO_STRATEGIES == list(S.REGISTRY)
+    assert all(n in TRAIN_FLAGS["strategy"][2] for n in (*S.REGISTRY, *S.STRATEGY_PRESETS))
+
+
+def test_platform_exports_the_strategies_lazily_and_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, gradprom.platform as p, gradprom.cli\n"
+            "assert 'torch' not in sys.modules, 'import pulled in torch'\n"
+            "assert p.GradProm.gating and p.make_strategy is not None\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
 
 
 @pytest.mark.parametrize("spec,ok", [

@@ -35,8 +35,9 @@ from .common import (
 # the page outputs of the last state of each run, so a reload or a second tab does not rebuild them
 _RENDERED: dict[str, tuple[str, tuple]] = {}
 _LOCK = threading.Lock()
-SUMMARY_KEYS = ["status", "kind", "task", "strategy", "tau", "lambda_e", "lambda_r", "granularity", "data",
-                "degradation", "start", "end", "length", "steps", "error"]
+SUMMARY_KEYS = ["status", "kind", "task", "strategy", "tau", "lambda_e", "lambda_r", "granularity", "scale",
+                "scale_factor", "moments", "gate_metric", "optimizer", "data", "degradation", "start", "end", "length",
+                "steps", "error"]  # scale..optimizer: the gate variant (issue 14), in run.json since then
 
 
 def layout(run_id: str, interval_ms: int) -> html.Div:

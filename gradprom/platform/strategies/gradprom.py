@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Literal
 
 from gradprom.platform.strategies.base import Decision, ParamLayout, Strategy, nonzero_pair, segment_cosines
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class GradProm(Strategy):
@@ -21,6 +22,12 @@ class GradProm(Strategy):
     """
 
     name = "gradprom"
+    label = "GradProm"
+    help = "the paper's gate: add g_r when cos(g_e, g_r) > tau"
+    supports_layer = True
+    output_space = True
+    gating = True
+    additive = True
 
     def __init__(self, tau: float = 0.0, granularity: Literal["global", "layer"] = "global"):
         if not -1.0 <= tau <= 1.0:
@@ -30,16 +37,22 @@ class GradProm(Strategy):
         self.tau = float(tau)
         self.granularity = granularity
 
+    @classmethod
+    def from_config(cls, tau: float, granularity: str) -> GradProm:
+        return cls(tau=tau, granularity=granularity)  # type: ignore[arg-type]
+
     def forward(self, g_e: Tensor, g_r: Tensor, cos: Tensor, layout: ParamLayout | None) -> Decision:
         if self.granularity == "global":
             open_ = ((cos > self.tau) & nonzero_pair(g_e, g_r)).to(g_e.dtype)
-            return Decision(update=g_e + open_ * g_r, cos=cos, gate_open=open_)
+            part = open_ * g_r
+            return Decision(update=g_e + part, cos=cos, gate_open=open_, task_part=part)
         if layout is None:
             raise ValueError("`granularity='layer'` needs the parameter layout of the enhancer.")
         layer_cos, valid = segment_cosines(g_e, g_r, layout, return_valid=True)
         layer_open = ((layer_cos > self.tau) & valid).to(g_e.dtype)
-        mask = layer_open[layout.segment_ids(g_e.device)]
-        return Decision(update=g_e + mask * g_r, cos=cos, gate_open=layer_open.mean(), layer_open=layer_open)
+        part = layer_open[layout.segment_ids(g_e.device)] * g_r
+        return Decision(update=g_e + part, cos=cos, gate_open=layer_open.mean(), layer_open=layer_open,
+                        task_part=part)
 
     def __repr__(self) -> str:
         return f"GradProm(tau={self.tau}, granularity={self.granularity!r})"

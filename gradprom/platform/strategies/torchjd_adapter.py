@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from gradprom.platform.strategies.base import Decision, ParamLayout, Strategy
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class TorchJD(Strategy):
@@ -16,8 +16,12 @@ class TorchJD(Strategy):
     These are not gates, so `gate_open` is logged as NaN.
 
     :param aggregator_name: a class name from `torchjd.aggregation` (e.g. "PCGrad", "UPGrad").
+    :param label: the config key this instance was built from (default `torchjd:NAME`); kept under this
+        keyword for older callers, it sets `.name`, while `str()` is torchjd's own short label.
     :param kwargs: keyword arguments of that class (e.g. `c=0.5` for CAGrad).
     """
+
+    help = "any torchjd aggregator over [g_e, g_r], e.g. torchjd:UPGrad, torchjd:CAGrad:c=0.5"
 
     def __init__(self, aggregator_name: str, label: str | None = None, **kwargs: Any):
         import torchjd.aggregation as agg  # imported here so the gate strategies do not need torchjd loaded
@@ -39,8 +43,27 @@ class TorchJD(Strategy):
         self.name = label or f"torchjd:{aggregator_name}"
 
     def forward(self, g_e: Tensor, g_r: Tensor, cos: Tensor, layout: ParamLayout | None) -> Decision:
+        import torch
+
         update = self.aggregator(torch.stack([g_e, g_r]))
-        return Decision(update=update, cos=cos, gate_open=torch.full_like(cos, float("nan")))
+        return Decision(update=update, cos=cos, gate_open=cos.new_full(cos.shape, float("nan")))
 
     def __repr__(self) -> str:
         return f"TorchJD({self.aggregator!r})"
+
+    def __str__(self) -> str:
+        return str(self.aggregator)
+
+
+class PCGrad(TorchJD):
+    """torchjd's PCGrad under its own config name (`pcgrad`), the grid's projection baseline."""
+
+    name = "pcgrad"
+    label = "PCGrad"
+    help = "Yu et al. 2020: project conflicting gradients (torchjd)"
+
+    def __init__(self) -> None:
+        super().__init__("PCGrad", label="pcgrad")
+
+    def __repr__(self) -> str:
+        return "PCGrad()"
