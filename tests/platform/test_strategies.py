@@ -177,7 +177,7 @@ def test_registry_derives_capabilities_from_the_classes():
     assert S.OUTPUT_SPACE_STRATEGIES == {"gradprom", "joint", "enhance_only", "cosine_weighted"}
     assert all(c.help and c.name == n for n, c in S.REGISTRY.items())
     assert DEMO_STRATEGIES == list(S.REGISTRY)
-    assert all(n in TRAIN_FLAGS["strategy"][2] for n in (*S.REGISTRY, *S.STRATEGY_PRESETS))
+    assert all(n in TRAIN_FLAGS["strategy"][1] for n in (*S.REGISTRY, *S.STRATEGY_PRESETS))
 
 
 def test_platform_exports_the_strategies_lazily_and_without_torch():
