@@ -80,13 +80,26 @@ def make_optuna_search(*, storage, study_name: str, max_epochs: int, **kwargs: A
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
             return params
 
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self._reported_steps: dict[str, int | None] = {}  # trial id -> the last epoch told to Optuna
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            super().on_trial_result(trial_id, result)
+            self._reported_steps[trial_id] = result.get("training_iteration")
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             stopped_early = (not error and result is not None and trial_id not in self._completed_trials
                              and trial_id in self._ot_trials and result.get("training_iteration", 0) < max_epochs)
             if not stopped_early:
                 return super().on_trial_complete(trial_id, result=result, error=error)
-            # ASHA ended it between epochs: Optuna's PRUNED state, with the last reported epoch as its value
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            # ASHA ended it between epochs: Optuna's PRUNED state, whose value is the last per-epoch value. Tune
+            # hands the result that made ASHA stop it to on_trial_complete only, so report it here first.
+            ot_trial, step = self._ot_trials[trial_id], result.get("training_iteration")
+            one = not isinstance(self.metric, list)  # Optuna keeps no per-epoch values for several objectives
+            if one and result.get(self.metric) is not None and self._reported_steps.get(trial_id) != step:
+                ot_trial.report(result[self.metric], step)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
 
     return StoredOptunaSearch(storage=storage, study_name=study_name, **kwargs)
