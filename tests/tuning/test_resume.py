@@ -179,7 +179,8 @@ def test_quiet_by_default_and_loud_with_v(search):
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert len(lines) <= 6 + 2 * started, out  # GradProm's own line per trial plus a few for the experiment
     assert sum("gradprom.tuning.callback: trial" in ln for ln in lines) >= len(search.before)
-    for noise in ("╭", "Trial status", "A new study created", "FutureWarning", "Tuner.restore", "/session_"):  # Ray temp folder
+    # Ray's boxes, Optuna's INFO line, Ray's start-up warning, its unsafe resume advice, its temporary folder
+    for noise in ("╭", "Trial status", "A new study created", "FutureWarning", "Tuner.restore", "/session_"):
         assert noise not in out, (noise, out)
     assert f"tensorboard --logdir {exp.resolve() / 'tune'}" in out
     assert list((exp / "tune").glob("run_trial_*/events.out.tfevents.*")), "no durable TensorBoard files"
