@@ -1,7 +1,7 @@
 """A Tune callback that keeps trials.parquet and the trials' statuses on disk while the search runs.
 
-It is pickled with the Tuner's state, so a restored experiment runs a copy of it: everything it knows comes
-from Tune's events and the experiment directory, never from the object that started the search.
+A resumed search is a new Tuner that runs only the missing trials (resume.py): the callback starts from the
+kept trials' rows and statuses on disk and adds this Tuner's trials to them.
 """
 
 from __future__ import annotations
@@ -40,18 +40,20 @@ class TrialsTable(Callback):
         self.num_trials = num_trials
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.status: dict[str, str] = {}
+        self.kept: dict[str, str] = {}  # trials of the run this one resumes
         self._written = 0.0
 
     def setup(self, **info: Any) -> None:
-        """A restored search starts from the rows and statuses the interrupted one left."""
+        """A resumed search starts from the rows and statuses of the trials it kept."""
         table = self.exp / "trials.parquet"
         if table.is_file():
             for row in pq.read_table(table).to_pylist():
                 self.records.setdefault(row["trial_id"], []).append(row)
-        self.status = read_statuses(self.exp)
+        self.kept = read_statuses(self.exp)
+        self.status = dict(self.kept)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        status = {t.trial_id: t.status for t in trials}
+        status = {**self.kept, **{t.trial_id: t.status for t in trials}}
         if status != self.status:
             self.status = status
             atomic_write_text(self.exp / STATUS_FILE, json.dumps(status, indent=1) + "\n")
@@ -69,10 +71,12 @@ class TrialsTable(Callback):
         self.on_step_end(iteration, trials)
         self.write()
         last = (self.records.get(trial.trial_id) or [{}])[-1]
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
+        done = sum(s in ("TERMINATED", "ERROR") for t, s in self.status.items() if t != trial.trial_id) + 1
         shown = "  ".join(f"{m} {last[m]:.4f}" for m in ("psnr", "ssim", "task") if isinstance(last.get(m), float))
-        log.info("trial %s done after %s epoch(s): %s  (%d/%d trials)", trial.trial_id,
-                 last.get("training_iteration"), shown, min(done, self.num_trials), self.num_trials)
+        epochs = last.get("training_iteration")
+        how = "stopped by ASHA" if isinstance(epochs, int) and epochs < self.max_epochs else "done"
+        log.info("trial %s %s after %s epoch(s): %s  (%d/%d trials)", trial.trial_id, how, epochs, shown,
+                 min(done, self.num_trials), self.num_trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.on_step_end(iteration, trials)

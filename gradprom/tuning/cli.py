@@ -65,8 +65,9 @@ def register(sub) -> None:
     p.add_argument("--address", default=None, help="join this Ray cluster ('auto' on a cluster node, or "
                    "HOST:PORT); default: start a private local Ray instance")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
-    p.add_argument("--resume", metavar="DIR", help="continue an interrupted experiment (Tuner.restore); "
-                   "finished trials are kept, unfinished ones start again")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted experiment from its Optuna study "
+                   "(optuna.db) and trial tables, never from Ray's pickled state; finished trials are kept, "
+                   "unfinished ones start again with the same values")
     p.set_defaults(func=cmd_tune)
 
     rsub = p.add_subparsers(dest="tune_command", metavar="report")
@@ -140,8 +141,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
         cfg, spec = resolve(args)
         exp = job.prepare(cfg, spec, args.out or cfg.run.out, args.name)
         print(f"tuning experiment: {exp}")
-    info = job.run(exp, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus)
+    print_hints(Path(exp).resolve())
+    info = job.run(exp, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus,
+                   verbose=bool(getattr(args, "verbose", False)))
     return print_summary(Path(exp).resolve(), info)
+
+
+def print_hints(exp: Path) -> None:
+    """Where the durable per-trial TensorBoard files and the Optuna study are (not Ray's temporary folder)."""
+    from .study import storage_url
+
+    print(f"TensorBoard: tensorboard --logdir {exp / 'tune'}    Optuna: optuna-dashboard {storage_url(exp)}")
 
 
 def print_summary(exp: Path, info: dict[str, Any]) -> int:

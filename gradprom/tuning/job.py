@@ -4,7 +4,9 @@
   run.json         kind "tune", objective, metrics, mode, num_trials, status, seed, best trial / Pareto trials
   config.yaml      the base config of every trial (a valid `gradprom train --config` file)
   tune.yaml        the `tune:` section (read back by --resume)
-  tune/            Ray Tune's experiment state (Tuner.restore reads it)
+  optuna.db        the Optuna study (SQLite; name and URL in run.json): the searcher's state, read by --resume
+  tune/            Ray Tune's folder: per-trial TensorBoard event files and Ray's own state, which holds pickles
+                   and is never read back (--resume rebuilds the search from optuna.db, see resume.py)
   trials/<id>/     each trial's ordinary run directory
   trials.parquet   one row per trial x epoch; pareto.parquet; best/*.yaml (see results.py)
 """
@@ -24,6 +26,7 @@ from gradprom.platform.rundir import RunDir, now_iso, versions
 
 from .results import STATUSES, trial_rows, write_results, write_spec
 from .space import TuneSpec, build_spec, default_point, fixed_values, param_space, param_space_names
+from .study import make_optuna_search, open_storage, storage_url
 from .trainable import TRIALS_DIR, run_trial
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,8 @@ def prepare(cfg: Config, spec: TuneSpec, out: str | Path, name: str | None = Non
                   objective=spec.objective, metrics=metrics, mode=modes[0] if len(modes) == 1 else modes,
                   modes=modes, num_trials=spec.num_trials, max_epochs=spec.max_epochs, sampler=spec.sampler,
                   seed=spec.seed, search_space=param_space_names(spec), fixed=fixed_values(spec),
-                  workers_per_trial=spec.workers_per_trial, versions=versions(), error=None)
+                  workers_per_trial=spec.workers_per_trial, versions=versions(), error=None,
+                  optuna_study=exp.path.name, optuna_storage=storage_url(exp.path))
     return exp.path
 
 
@@ -110,18 +114,22 @@ def make_trainable(exp: Path, cfg: Config, spec: TuneSpec):
     return tune.with_resources(fn, resources)
 
 
-def make_searcher(cfg: Config, spec: TuneSpec):
-    """OptunaSearch over the space, seeded, with the paper's defaults as the first point."""
+def make_searcher(cfg: Config, spec: TuneSpec, storage, study_name: str, trials_before: int | None = None):
+    """OptunaSearch over the space, seeded, its study in `storage`; a new search evaluates the paper's defaults
+    first. A resumed one (`trials_before` trials already in the study) seeds its sampler with seed +
+    trials_before, so it does not draw the first run's random points again."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     metrics, modes = spec.objective_metrics(cfg.task), spec.modes(cfg.task)
-    sampler = {"tpe": None, "random": optuna.samplers.RandomSampler(seed=spec.seed),
-               "nsga2": optuna.samplers.NSGAIISampler(seed=spec.seed)}[spec.sampler]
-    points = [default_point(spec, cfg)] if spec.evaluate_defaults and param_space_names(spec) else None
+    seed = spec.seed + (trials_before or 0)
+    sampler = {"tpe": optuna.samplers.TPESampler(seed=seed), "random": optuna.samplers.RandomSampler(seed=seed),
+               "nsga2": optuna.samplers.NSGAIISampler(seed=seed)}[spec.sampler]
+    fresh = trials_before is None  # a resumed study still holds the defaults (done, or enqueued and waiting)
+    points = [default_point(spec, cfg)] if fresh and spec.evaluate_defaults and param_space_names(spec) else None
     one = len(metrics) == 1
-    return OptunaSearch(metric=metrics[0] if one else metrics, mode=modes[0] if one else modes,
-                        points_to_evaluate=points, sampler=sampler, seed=None if sampler else spec.seed)
+    return make_optuna_search(storage=storage, study_name=study_name, max_epochs=spec.max_epochs,
+                              metric=metrics[0] if one else metrics, mode=modes[0] if one else modes,
+                              points_to_evaluate=points, sampler=sampler)
 
 
 def make_scheduler(cfg: Config, spec: TuneSpec):
@@ -153,35 +161,56 @@ def connect(address: str | None, num_cpus: int | None, timeout_s: float = 60.0) 
     return ray_train.connect(cfg)
 
 
+def study_name_of(exp: RunDir) -> str:
+    """The study's name recorded in run.json; a clear error for an experiment without one."""
+    name = exp.read_run().get("optuna_study")
+    if not isinstance(name, str) or not name:
+        raise DataError(f"--resume {str(exp.path)!r}: run.json names no Optuna study (field `optuna_study`). The "
+                        f"experiment was written by a GradProm that kept the search only in Ray's pickle files, "
+                        f"which --resume does not load (a pickle can run code); start a new search with "
+                        f"`gradprom tune`.")
+    return name
+
+
 def run(exp_dir: str | Path, *, resume: bool = False, address: str | None = None,
-        num_cpus: int | None = None) -> dict[str, Any]:
+        num_cpus: int | None = None, verbose: bool = False) -> dict[str, Any]:
     """Run (or continue) the experiment in `exp_dir`; returns run.json. Ctrl-C leaves it resumable."""
+    from . import quiet
+    from .resume import ResumePlan, plan_resume, prime_asha
+
     exp, cfg, spec = load(exp_dir)
+    study_name = study_name_of(exp)
+    tune_verbose = quiet.configure(verbose)  # before Ray starts: its start-up warning
+    storage = open_storage(exp.path)
+    plan = ResumePlan(remaining=spec.num_trials)
+    if resume:  # nothing Ray pickled is read: the search is rebuilt from optuna.db and the project's records
+        plan = plan_resume(exp.path, spec.num_trials, study_name, storage, TUNE_DIR)
+        log.info("resuming %s: %d trial(s) kept, %d to run (%d interrupted point(s) evaluated again)",
+                 exp.path, len(plan.kept), plan.remaining, plan.requeued)
+    exp.write_run(optuna_study=study_name, optuna_storage=storage_url(exp.path))  # the path may have moved
+    if plan.remaining == 0:
+        return finish(exp, cfg, spec, None, plan.rows)
     started = connect(address, num_cpus)
     try:
         from ray import tune
 
-        ray_dir = exp.path / TUNE_DIR
         trainable = make_trainable(exp.path, cfg, spec)
         from .callback import TrialsTable
 
         callback = TrialsTable(str(exp.path), spec.max_epochs, spec.num_trials)
-        if resume:
-            if not tune.Tuner.can_restore(str(ray_dir)):
-                raise DataError(f"--resume {str(exp.path)!r}: Ray Tune has no saved state in {str(ray_dir)!r} "
-                                f"(the experiment never started); start a new one with `gradprom tune`.")
-            # the saved state holds the search, the scheduler and the callback; only the trainable is new
-            tuner = tune.Tuner.restore(str(ray_dir), trainable=trainable, resume_unfinished=True)
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=param_space(spec),
-                tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, spec), scheduler=make_scheduler(cfg, spec),
-                                            num_samples=spec.num_trials, max_concurrent_trials=spec.max_concurrent,
-                                            # a finished trial's process runs the next one: no second start-up
-                                            # (importing torch and MONAI) per trial
-                                            reuse_actors=True),
-                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(exp.path), callbacks=[callback],
-                                          failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+        scheduler = make_scheduler(cfg, spec)
+        prime_asha(scheduler, plan.rows, spec.scheduler_metric(cfg.task))
+        searcher = make_searcher(cfg, spec, storage, study_name, plan.trials_in_study if resume else None)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(spec),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        num_samples=plan.remaining, max_concurrent_trials=spec.max_concurrent,
+                                        # a finished trial's process runs the next one: no second start-up
+                                        # (importing torch and MONAI) per trial
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(exp.path), callbacks=[callback],
+                                      verbose=tune_verbose,
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
         import ray
 
         info = exp.read_run()
@@ -192,7 +221,7 @@ def run(exp_dir: str | Path, *, resume: bool = False, address: str | None = None
         except KeyboardInterrupt:
             exp.write_run(status="stopped", end=now_iso(), error="interrupted by the user; continue with --resume")
             raise
-        return finish(exp, cfg, spec, grid)
+        return finish(exp, cfg, spec, grid, plan.rows)
     except BaseException as e:
         if exp.read_run().get("status") == "running":
             exp.write_run(status="failed", end=now_iso(), error=f"{type(e).__name__}: {e}")
@@ -204,11 +233,12 @@ def run(exp_dir: str | Path, *, resume: bool = False, address: str | None = None
             ray.shutdown()
 
 
-def collect_rows(grid, status: dict[str, str], spec: TuneSpec) -> list[dict[str, Any]]:
-    """trials.parquet rows from Tune's results (authoritative, also for trials restored from disk)."""
+def collect_rows(grid, status: dict[str, str], spec: TuneSpec, kept: set[str]) -> list[dict[str, Any]]:
+    """trials.parquet rows of this Tuner's trials from Tune's results (authoritative); `kept` trials of an
+    earlier, resumed run have their rows already."""
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for result in grid:
+    seen: set[str] = set(kept)
+    for result in grid or []:
         df = result.metrics_dataframe
         records = [] if df is None else df.to_dict("records")
         tid = (result.metrics or {}).get("trial_id") or (records[-1].get("trial_id") if records else None)
@@ -225,12 +255,12 @@ def collect_rows(grid, status: dict[str, str], spec: TuneSpec) -> list[dict[str,
     return rows
 
 
-def finish(exp: RunDir, cfg: Config, spec: TuneSpec, grid) -> dict[str, Any]:
+def finish(exp: RunDir, cfg: Config, spec: TuneSpec, grid, kept_rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write the tables and the best configs, mark ASHA-stopped trial runs, and close run.json."""
     from .callback import read_statuses
 
     statuses = read_statuses(exp.path)
-    rows = collect_rows(grid, statuses, spec)
+    rows = kept_rows + collect_rows(grid, statuses, spec, {r["trial_id"] for r in kept_rows})
     metrics, modes = spec.objective_metrics(cfg.task), spec.modes(cfg.task)
     summary = write_results(exp.path, rows, cfg.to_dict(), metrics, modes, spec.max_epochs)
     for r in rows:  # a trial ASHA stopped ended between epochs: its run directory says so

@@ -8,6 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import optuna
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -72,6 +73,18 @@ def test_single_objective_search(ray_local, tmp_path):
     full = {t: rows[-1] for t, rows in trials.items() if not rows[0]["stopped_early"]}
     best_id = max(full, key=lambda t: full[t]["psnr"])
     assert info["best_trial"] == best_id
+
+    # --- the Optuna study in <exp>/optuna.db: opened with Optuna's own API, one trial per Tune trial ----------
+    study = optuna.load_study(study_name=info["optuna_study"], storage=info["optuna_storage"])
+    assert info["optuna_storage"] == f"sqlite:///{exp.resolve() / 'optuna.db'}"
+    by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(by_ray) == set(trials)
+    for tid, rows in trials.items():  # ASHA-stopped: PRUNED with the last epoch's value
+        assert by_ray[tid].state.name == ("PRUNED" if rows[0]["stopped_early"] else "COMPLETE")
+        assert by_ray[tid].value == pytest.approx(rows[-1]["psnr"])
+        assert by_ray[tid].params["tau"] == pytest.approx(rows[0]["config/tau"])
+    assert study.best_trial.user_attrs["ray_trial_id"] == best_id  # Optuna's best: among COMPLETE trials
+
     best_yaml = exp / "best" / "best.yaml"
     best = build_config(load_config_file(best_yaml))
     assert best.gradprom.tau == pytest.approx(full[best_id]["config/tau"])
@@ -106,6 +119,14 @@ def test_multi_objective_pareto_front_and_report(ray_local, tmp_path, capsys):
         assert not any(dominated(f, t, metrics) for t in finals), f
     non_dominated = {t["trial_id"] for t in finals if not any(dominated(t, o, metrics) for o in finals)}
     assert {f["trial_id"] for f in front} == non_dominated
+    study = optuna.load_study(study_name=info["optuna_study"], storage=info["optuna_storage"])
+    assert len(study.directions) == 2 and {t.user_attrs["ray_trial_id"] for t in study.trials} == set(trials)
+    for t in study.trials:  # several objectives: the final values of the trials that ran all epochs
+        rows = trials[t.user_attrs["ray_trial_id"]]
+        if not rows[0]["stopped_early"]:
+            assert t.state.name == "COMPLETE" and t.values == pytest.approx([rows[-1][m] for m in metrics])
+        else:
+            assert t.state.name == "PRUNED"
     for f in front:
         cfg_f = build_config(load_config_file(exp / "best" / f"pareto-{f['trial_id']}.yaml"))
         assert cfg_f.gradprom.tau == pytest.approx(f["config/tau"])
