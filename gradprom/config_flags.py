@@ -62,9 +62,18 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def _flag_type(annotation: Any) -> tuple[type, list[str] | None, str]:
+def comma_list(text: str) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c'] (a list-valued field given as one flag)."""
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _flag_type(annotation: Any) -> tuple[Any, list[str] | None, str]:
     """(argparse type, choices, metavar) of a field annotation."""
     base = _base_type(annotation)
+    if typing.get_origin(base) is list:
+        return comma_list, None, "A,B,..."
+    if typing.get_origin(base) is tuple:
+        return str, None, "LO,HI"
     if typing.get_origin(base) is Literal:
         choices = [str(c) for c in typing.get_args(base)]
         return str, choices, "{" + ",".join(choices) + "}"
@@ -79,12 +88,18 @@ def _flag_type(annotation: Any) -> tuple[type, list[str] | None, str]:
 
 def _shown_default(info) -> str:
     d = info.get_default(call_default_factory=True)
+    if isinstance(d, (list, tuple)):
+        return ",".join(map(str, d))
     return "null" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
 
 
 def add_config_options(p: argparse.ArgumentParser, flags: FlagTable, *, config_help: str, set_help: str,
-                       metavars: dict[str, str] | None = None, extra: dict[str, type[BaseModel]] | None = None) -> None:
-    """Add --config, one --flag per table entry (type, choices, default and help from its field) and --set."""
+                       metavars: dict[str, str] | None = None, extra: dict[str, type[BaseModel]] | None = None,
+                       typed: bool = True) -> None:
+    """Add --config, one --flag per table entry (type, choices, default and help from its field) and --set.
+
+    :param typed: False hands scalar values to the config model as text, so a bad one is reported by the model
+        (naming the field) rather than by argparse."""
     p.add_argument("--config", metavar="FILE", help=config_help)
     for flag, entry in flags.items():
         field, note = (entry, "") if isinstance(entry, str) else entry
@@ -92,6 +107,8 @@ def add_config_options(p: argparse.ArgumentParser, flags: FlagTable, *, config_h
         if info is None:
             raise KeyError(f"flag --{flag} names config field {field!r}, which does not exist")
         typ, choices, metavar = _flag_type(info.annotation)
+        if not typed and typ is not comma_list:
+            typ = str
         desc = info.description or ""
         help_ = "; ".join(t for t in (desc, note) if t) + f" (default: {_shown_default(info)}) [{field}]"
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, choices=choices,

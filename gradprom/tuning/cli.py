@@ -9,38 +9,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# flag -> field of the `tune:` section
-TUNE_FLAGS: dict[str, tuple[str, type, str]] = {
-    "trials": ("num_trials", int, "number of trials (default 8)"),
-    "max_epochs": ("max_epochs", int, "epochs of a trial that ASHA does not stop (default 4)"),
-    "objective": ("objective", str, "psnr | ssim | task | pareto (psnr and the task metric) | a metric name "
-                  "(accuracy, auc, dice, loss_e, ...); default psnr"),
-    "tau": ("tau", str, "gate threshold range LO,HI within [-1, 1] (default 0,0.5)"),
-    "lambda_e": ("lambda_e", str, "log-uniform range LO,HI of the enhancement weight (default 0.5,2)"),
-    "lambda_r": ("lambda_r", str, "log-uniform range LO,HI of the recognition weight (default 0.01,1)"),
-    "lr": ("lr", str, "log-uniform range LO,HI of the enhancer's learning rate (default 1e-4,1e-2)"),
-    "strategies": ("strategy", str, "comma-separated strategies to search too (default: the base config's)"),
-    "granularities": ("granularity", str, "comma-separated: global,layer (default: the base config's)"),
-    "scales": ("scale", str, "comma-separated: none,match,clip (gate variants; default: the base config's)"),
-    "moments": ("moments", str, "comma-separated: shared,separate (default: the base config's)"),
-    "gate_metrics": ("gate_metric", str, "comma-separated: euclidean,preconditioned (default: the base config's)"),
-    "sampler": ("sampler", str, "Optuna sampler: tpe (default) | nsga2 | random"),
-    "search_seed": ("seed", int, "the sampler's seed (default 0)"),
-    "concurrency": ("max_concurrent", int, "trials at a time (default: as many as the CPUs allow)"),
-    "cpus_per_trial": ("cpus_per_trial", float, "CPUs per trial (default 1)"),
-    "gpus_per_trial": ("gpus_per_trial", float, "GPUs per trial (default 0)"),
-    "workers_per_trial": ("workers_per_trial", int, "0: a trial runs the local loop (default); N: each trial "
-                          "trains on N Ray Train workers"),
+from gradprom.config_flags import FlagTable, add_config_options, merged_config, source_of
+
+# flag -> config field (type, choices, default and help come from the field: TuneSpec for `tune.*`, the run
+# config for the rest), as for `gradprom train` and `gradprom federate`
+TUNE_FLAGS: FlagTable = {
+    "trials": "tune.num_trials", "max_epochs": "tune.max_epochs", "objective": "tune.objective",
+    "tau": "tune.tau", "lambda_e": "tune.lambda_e", "lambda_r": "tune.lambda_r", "lr": "tune.lr",
+    "strategies": "tune.strategy", "granularities": "tune.granularity", "scales": "tune.scale",
+    "moments": "tune.moments", "gate_metrics": "tune.gate_metric", "sampler": "tune.sampler",
+    "search_seed": "tune.seed", "concurrency": "tune.max_concurrent", "cpus_per_trial": "tune.cpus_per_trial",
+    "gpus_per_trial": "tune.gpus_per_trial", "workers_per_trial": "tune.workers_per_trial",
+    "task": "task", "data": "data.source", "degradation": "data.degradation", "seed": "seed",
+    "device": "run.device",
 }
-# flag -> field of the base run config
-BASE_FLAGS: dict[str, tuple[str, type, str]] = {
-    "task": ("task", str, "classification | segmentation"),
-    "data": ("data.source", str, "'phantoms' (default), an .npz, a store or an image folder"),
-    "degradation": ("data.degradation", str, "e.g. gaussian:sigma=0.1, lowdose, sr2"),
-    "seed": ("seed", int, "seed of data, degradations and model init of every trial"),
-    "device": ("run.device", str, "auto | cpu | cuda"),
-}
-LIST_FIELDS = ("strategy", "granularity", "scale", "moments", "gate_metric")
+METAVARS = {"objective": "METRIC", "data": "SOURCE", "degradation": "SPEC"}
 
 
 def register(sub) -> None:
@@ -52,14 +35,9 @@ def register(sub) -> None:
                                    "ready-to-use configs in best/. Values come from the defaults, then --config "
                                    "(its `tune:` section configures the search), then --set, then flags. Ctrl-C "
                                    "stops it resumably: continue with --resume DIR.")
-    p.add_argument("--config", metavar="FILE", help="YAML run config (the base of every trial), with an "
-                   "optional `tune:` section")
-    for flag, (field, _, help_) in {**TUNE_FLAGS, **BASE_FLAGS}.items():
-        where = f"tune.{field}" if flag in TUNE_FLAGS else field
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar=_metavar(flag),
-                       help=f"{help_} [{where}]")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set any field, e.g. --set model.enhancer=basicunet or --set tune.grace_period=2")
+    add_config_options(p, TUNE_FLAGS, config_help="YAML run config (the base of every trial), with an optional "
+                       "`tune:` section", set_help="set any field, e.g. --set model.enhancer=basicunet or --set "
+                       "tune.grace_period=2", metavars=METAVARS, extra={"tune": _spec_model()}, typed=False)
     p.add_argument("--out", default=None, help="runs directory (default: the config's run.out, runs)")
     p.add_argument("--name", default=None, help="experiment name (default: tune-<task>-<objective>-<time>)")
     p.add_argument("--address", default=None, help="join this Ray cluster ('auto' on a cluster node, or "
@@ -79,50 +57,24 @@ def register(sub) -> None:
     r.set_defaults(func=cmd_report)
 
 
-def _metavar(flag: str) -> str:
-    field, typ, _ = {**TUNE_FLAGS, **BASE_FLAGS}[flag]
-    if field in ("tau", "lambda_e", "lambda_r", "lr"):
-        return "LO,HI"
-    if field in LIST_FIELDS:
-        return "A,B,..."
-    return "N" if typ in (int, float) else "NAME"
+def _spec_model():
+    from .space import TuneSpec
 
-
-def _typed(flag: str, table: dict[str, tuple[str, type, str]], value: str) -> Any:
-    from gradprom.platform.errors import ConfigError
-
-    field, typ, _ = table[flag]
-    if field in LIST_FIELDS:
-        return [v.strip() for v in value.split(",") if v.strip()]
-    try:
-        return typ(value)
-    except ValueError:
-        raise ConfigError(f"--{flag.replace('_', '-')}: expected a {typ.__name__}, got {value!r}.") from None
+    return TuneSpec
 
 
 def resolve(args: argparse.Namespace):
-    """(base Config, TuneSpec) from defaults <- --config <- --set <- flags."""
-    from gradprom.platform.config import build_config, dotted_override, load_config_file, merge, parse_set_option
+    """(base Config, TuneSpec) from defaults <- --config <- --set <- flags (one mechanism: config_flags)."""
+    from gradprom.platform.config import build_config
+    from gradprom.platform.errors import ConfigError
 
     from .space import build_spec
 
-    raw: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    raw = merged_config(args, TUNE_FLAGS)
     tune_raw = raw.pop("tune", None) or {}
     if not isinstance(tune_raw, dict):
-        from gradprom.platform.errors import ConfigError
         raise ConfigError(f"Config file {args.config!r}: the `tune:` section must be a mapping of fields.")
-    for s in args.sets:
-        override = parse_set_option(s)
-        if "tune" in override:
-            tune_raw = merge(tune_raw, override.pop("tune"))
-        raw = merge(raw, override)
-    for flag in BASE_FLAGS:
-        if getattr(args, flag) is not None:
-            raw = merge(raw, dotted_override(BASE_FLAGS[flag][0], _typed(flag, BASE_FLAGS, getattr(args, flag))))
-    for flag in TUNE_FLAGS:
-        if getattr(args, flag) is not None:
-            tune_raw[TUNE_FLAGS[flag][0]] = _typed(flag, TUNE_FLAGS, getattr(args, flag))
-    source = " + ".join(["defaults"] + ([args.config] if args.config else []) + ["command line"])
+    source = source_of(args, TUNE_FLAGS)
     return build_config(raw, source=source), build_spec(tune_raw, source=source)
 
 
@@ -130,7 +82,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from . import job
 
     if args.resume:
-        given = [f for f in (*TUNE_FLAGS, *BASE_FLAGS, "config", "name", "out") if getattr(args, f) is not None]
+        given = [f for f in (*TUNE_FLAGS, "config", "name", "out") if getattr(args, f) is not None]
         if given or args.sets:
             from gradprom.platform.errors import ConfigError
             raise ConfigError(f"--resume continues the experiment exactly as it was started; drop "

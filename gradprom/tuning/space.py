@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from gradprom.platform.config import Config
+from gradprom.platform.config import Config, F
 from gradprom.platform.errors import ConfigError
 from gradprom.platform.metrics import task_metric_name
 
@@ -44,41 +44,41 @@ class TuneSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    # what to optimise: psnr | ssim | task | pareto (psnr and the task metric together) | any name in
-    # METRIC_MODES; `metrics` overrides it with an explicit list (several names = multi-objective)
-    objective: str = "psnr"
-    metrics: list[str] | None = None
-    num_trials: int = Field(8, ge=1)
-    max_epochs: int = Field(4, ge=1)
-    # search ranges [low, high]; tau is uniform, the others log-uniform; a range with low == high fixes it
-    tau: tuple[float, float] = (0.0, 0.5)
-    lambda_e: tuple[float, float] = (0.5, 2.0)
-    lambda_r: tuple[float, float] = (0.01, 1.0)
-    lr: tuple[float, float] = (1e-4, 1e-2)
-    # optional choices; None keeps the base config's value
-    strategy: list[str] | None = None
-    granularity: list[Literal["global", "layer"]] | None = None
-    scale: list[Literal["none", "match", "clip"]] | None = None
-    moments: list[Literal["shared", "separate"]] | None = None
-    gate_metric: list[Literal["euclidean", "preconditioned"]] | None = None
-    # Optuna sampler: tpe (default; multi-objective TPE for several metrics) | nsga2 | random
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    seed: int = 0  # the sampler's seed (recorded in run.json)
-    # try the paper's defaults (the base config's values, clipped into the ranges) first
-    evaluate_defaults: bool = True
-    # ASHA on per-epoch reports: a trial below the top 1/reduction_factor at a rung stops there
-    asha: bool = True
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1.0)
-    # ASHA's metric for a multi-objective search (default: the first objective)
-    asha_metric: str | None = None
-    max_concurrent: int | None = Field(None, ge=1)  # None: as many as the resources allow
-    cpus_per_trial: float = Field(1.0, gt=0.0)
-    gpus_per_trial: float = Field(0.0, ge=0.0)
-    # 0: the trial runs the local loop itself; N >= 1: the trial launches the Ray Train runner on N workers
-    # (each with distributed.cpus_per_worker / gpus_per_worker) and forwards its reports with TuneReportCallback
-    workers_per_trial: int = Field(0, ge=0)
-    max_failures: int = Field(0, ge=0)  # Tune restarts of a failed trial
+    objective: str = F("psnr", "what to optimise: psnr | ssim | task | pareto (psnr and the task metric together) | "
+                       "a metric name (accuracy, auc, dice, loss_e, ...)")
+    metrics: list[str] | None = F(None, "an explicit list of objectives (several = multi-objective); overrides "
+                                  "`objective`")
+    num_trials: int = F(8, "number of trials", ge=1)
+    max_epochs: int = F(4, "epochs of a trial that ASHA does not stop", ge=1)
+    tau: tuple[float, float] = F((0.0, 0.5), "uniform search range LO,HI of the gate threshold within [-1, 1] "
+                                 "(LO == HI fixes it)")
+    lambda_e: tuple[float, float] = F((0.5, 2.0), "log-uniform range LO,HI of the enhancement weight")
+    lambda_r: tuple[float, float] = F((0.01, 1.0), "log-uniform range LO,HI of the recognition weight")
+    lr: tuple[float, float] = F((1e-4, 1e-2), "log-uniform range LO,HI of the enhancer's learning rate")
+    strategy: list[str] | None = F(None, "strategies to search too (null: the base config's)")
+    granularity: list[Literal["global", "layer"]] | None = F(None, "gate granularities to search (null: the base "
+                                                             "config's)")
+    scale: list[Literal["none", "match", "clip"]] | None = F(None, "gate variants: magnitude control of g_r to "
+                                                             "search (null: the base config's)")
+    moments: list[Literal["shared", "separate"]] | None = F(None, "gate variants: Adam moments to search (null: "
+                                                            "the base config's)")
+    gate_metric: list[Literal["euclidean", "preconditioned"]] | None = F(None, "gate variants: gate metrics to "
+                                                                         "search (null: the base config's)")
+    sampler: Literal["tpe", "nsga2", "random"] = F("tpe", "Optuna sampler (tpe: multi-objective TPE for several "
+                                                   "metrics)")
+    seed: int = F(0, "the sampler's seed (recorded in run.json)")
+    evaluate_defaults: bool = F(True, "try the paper's defaults (the base config's values, clipped into the "
+                                "ranges) first")
+    asha: bool = F(True, "ASHA early stopping on per-epoch reports")
+    grace_period: int = F(1, "ASHA: epochs before a trial can be stopped", ge=1)
+    reduction_factor: float = F(2.0, "ASHA: a trial below the top 1/reduction_factor at a rung stops there", gt=1.0)
+    asha_metric: str | None = F(None, "ASHA's metric for a multi-objective search (null: the first objective)")
+    max_concurrent: int | None = F(None, "trials at a time (null: as many as the resources allow)", ge=1)
+    cpus_per_trial: float = F(1.0, "CPUs per trial", gt=0.0)
+    gpus_per_trial: float = F(0.0, "GPUs per trial", ge=0.0)
+    workers_per_trial: int = F(0, "0: a trial runs the local loop; N: each trial trains on N Ray Train workers "
+                               "(distributed.cpus_per_worker / gpus_per_worker each)", ge=0)
+    max_failures: int = F(0, "Tune restarts of a failed trial", ge=0)
 
     @field_validator("tau", "lambda_e", "lambda_r", "lr", mode="before")
     @classmethod
