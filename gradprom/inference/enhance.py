@@ -44,6 +44,10 @@ class ImageEnhancer:
                             f"least {MIN_SIDE}x{MIN_SIDE}.")
         if not np.isfinite(image).all():
             raise DataError(f"{where}: image holds NaN/Inf pixels; expected finite values.")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(f"{where}: float pixels in [{lo:.4g}, {hi:.4g}]; expected [0, 1] as in training "
+                            f"(or uint8/uint16 pixels).")
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, where: str = "image") -> np.ndarray:

@@ -95,19 +95,16 @@ def enhance_files(run: TrainedRun, src: Path, out: Path, enhancer: ImageEnhancer
             enhanced = np.stack([enhancer(f, item.name) for f in item.frames])
             files = writer.write(item, enhanced)
         except DataError as e:
-            fail(Failure(item.name, str(e)))
+            also = f" Its array `{item.meta['key']}` is left out of the output .npz." if kind == "npz" else ""
+            fail(Failure(item.name, f"{e}{also}"))
             continue
         summary.images += len(item.frames)
         if files:
             manifest.output([item.name], [item.path] if item.path else [], files)
     bar.close()
     files = writer.close()
-    if isinstance(writer, NpzWriter):
-        for key in writer.missing_keys():
-            fail(Failure(f"{src.name}#{key}", f"{src.name}: array `{key}` is left out of the output .npz because "
-                                              f"some of its images failed (see above)."))
-        if files:
-            manifest.output([src.name], [src], files)
+    if isinstance(writer, NpzWriter) and files:
+        manifest.output([src.name], [src], files)
     summary.seconds = time.monotonic() - t0
     summary.manifest = manifest.write(images=summary.images, failed=len(summary.failures), seconds=summary.seconds)
     return summary

@@ -120,7 +120,7 @@ def read_npz(src: Path) -> Iterator[Item | Failure]:
             try:
                 frames = to_unit(img)[None]
             except DataError as e:
-                yield Failure(name, f"{name}: {e}")
+                yield Failure(name, f"{name}: {e} Its array `{key}` is left out of the output .npz.")
                 continue
             yield Item(name, frames, {"key": key, "index": i, "count": len(arr), "layout": arr.ndim,
                                       "dtype": arr.dtype.name, "arrays": arrays}, path=src)

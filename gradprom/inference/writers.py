@@ -97,13 +97,6 @@ class NpzWriter:
             tmp.write_bytes(buf.getvalue())
         return [dest]
 
-    def missing_keys(self) -> list[str]:
-        """Image arrays left out because an image of theirs failed."""
-        if self.meta is None:
-            return []
-        arrays = self.meta["arrays"]
-        return [k for k in npz_image_keys(list(arrays)) if len(self.done.get(k, {})) != len(arrays[k])]
-
 
 def stored_range(ds: pydicom.Dataset, dt: np.dtype) -> tuple[int, int]:
     """The values BitsStored allows (signed when PixelRepresentation is 1)."""
