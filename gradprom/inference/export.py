@@ -102,8 +102,14 @@ def _write(model: Exported, fmt: str, dest: Path, example: Tensor, dynamic: bool
 
 def _runner(fmt: str, path: Path):
     if fmt == "torchscript":
-        ts = torch.jit.load(str(path))
-        return lambda x: _outputs(ts(torch.from_numpy(x)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript for torch.export
+            ts = torch.jit.load(str(path))
+
+        def run_ts(x: np.ndarray) -> list[np.ndarray]:
+            with torch.no_grad():
+                return _outputs(ts(torch.from_numpy(x)))
+        return run_ts
     sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: sess.run(None, {"image": x})
 
