@@ -46,8 +46,9 @@ class EnhanceActor:
 def ray_results(run: TrainedRun, store: Store, workers: int, overlap: float, blend: str) -> Iterator[pa.Table]:
     """The enhanced row batches of `store`, computed by `workers` actors, in the store's row order."""
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    # reads ask for no CPU: they are light I/O, and with N actors on N CPUs a 1-CPU read would wait forever
     ds = ray.data.read_parquet(store.part_paths(), partitioning=Partitioning("hive", base_dir=str(store.path)),
-                               schema=SCHEMA)
+                               schema=SCHEMA, num_cpus=0)
     ds = ds.map_batches(EnhanceActor, batch_size=BATCH_ROWS, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
                         fn_constructor_kwargs={"run_dir": str(run.path), "checkpoint": str(run.checkpoint),
