@@ -75,7 +75,7 @@ def _real_inputs(run: TrainedRun, n: int = 4) -> Tensor | None:
         datasets, _, _ = build_datasets(run.cfg)
         test = datasets["test"]
         items = [test[i]["x_lq"] for i in range(min(n, len(test)))] if hasattr(test, "__getitem__") else \
-            [it["x_lq"] for _, it in zip(range(n), test)]
+            [it["x_lq"] for _, it in zip(range(n), test, strict=False)]
     except (GradPromError, OSError) as e:
         log.warning("real-input check skipped: the run's data %r is not readable here (%s)", run.cfg.data.source, e)
         return None
@@ -124,7 +124,8 @@ def _check(model: Exported, run_exported, inputs: dict[str, Tensor]) -> list[dic
         except Exception as e:  # noqa: BLE001 - e.g. a size the traced graph cannot take
             checks.append({"input": what, "shape": list(x.shape), "error": f"{type(e).__name__}: {str(e)[:200]}"})
             continue
-        diff = max(float(np.abs(g - w).max()) if g.shape == w.shape else float("inf") for g, w in zip(got, want))
+        diff = max(float(np.abs(g - w).max()) if g.shape == w.shape else float("inf")
+                   for g, w in zip(got, want, strict=True))
         checks.append({"input": what, "shape": list(x.shape), "max_abs_diff": diff})
     return checks
 

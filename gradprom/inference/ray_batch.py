@@ -11,8 +11,8 @@ system on a cluster), like the run directories of `gradprom train --workers`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pyarrow as pa
 import ray

@@ -8,9 +8,10 @@ rescale slope/intercept, then the file's own window (else the file's min..max) t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pydicom

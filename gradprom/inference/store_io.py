@@ -9,8 +9,9 @@ A batch is an Arrow table with the store columns plus `site` and `split`; the re
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,7 +67,7 @@ class StoreOutput:
         self.src = src
         self.writer = StoreWriter(out, src.sites()[0] if src.sites() else "enhanced", provenance)
 
-    def __enter__(self) -> "StoreOutput":
+    def __enter__(self) -> StoreOutput:
         if self.writer.path.exists() and any(self.writer.path.iterdir()):
             raise DataError(f"--out {str(self.writer.path)!r} is not empty; an enhanced store goes into a new "
                             f"directory.")

@@ -93,7 +93,8 @@ def test_whole_job_mistakes_exit_2_with_one_paragraph(runs_root, tmp_path, capsy
     (tmp_path / "full" / "x.txt").write_text("earlier output")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")
     cases = [
-        (["enhance", str(tmp_path), "--input", str(tmp_path / "a.png"), "--out", str(tmp_path / "o1")], "run directory"),
+        (["enhance", str(tmp_path), "--input", str(tmp_path / "a.png"), "--out", str(tmp_path / "o1")],
+         "run directory"),
         (["enhance", str(runs_root / "plain"), "--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")],
          "does not exist"),
         (["enhance", str(runs_root / "plain"), "--input", str(tmp_path / "a.png"), "--out", str(tmp_path / "full")],

@@ -55,5 +55,5 @@ def test_export_with_recognizer_through_the_cli(runs_root, plain_run, tmp_path, 
     got = onnxruntime.InferenceSession(str(dest), providers=["CPUExecutionProvider"]).run(None, {"image": x})
     want = _reference(plain_run, x, recognizer=True)
     assert [g.shape for g in got] == [w.shape for w in want] and want[1].shape == (2, 3)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert np.abs(g - w).max() <= TOLERANCE

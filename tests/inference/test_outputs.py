@@ -25,7 +25,7 @@ from ._helpers import network, quantize
 def _manifest(out):
     m = json.loads((out / "_enhance.json").read_text())
     for entry in m["outputs"]:
-        for rel, digest in zip(entry["output"], entry["output_sha256"]):
+        for rel, digest in zip(entry["output"], entry["output_sha256"], strict=True):
             assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
     return m
 
@@ -72,7 +72,8 @@ def test_npz_round_trip_keeps_keys_dtype_and_labels(sr_run, tmp_path):
     np.testing.assert_array_equal(z["test_labels"], [0, 2, 1])
     np.testing.assert_array_equal(z["test_masks"], masks.repeat(2, 1).repeat(2, 2))  # still matches the image
     for i in range(3):
-        np.testing.assert_array_equal(z["test_images"][i], quantize(network(sr_run, images[i][None] / np.float32(255))[0], 255))
+        want = quantize(network(sr_run, images[i][None] / np.float32(255))[0], 255)
+        np.testing.assert_array_equal(z["test_images"][i], want)
     assert _manifest(out)["outputs"][0]["output"] == ["scans.npz"]
 
 
@@ -92,7 +93,7 @@ def read_rows(store):
     out = {}
     for part, table in store.iter_tables(store.parts):
         imgs = decode_images(table, store.shape, part.path)
-        for row, img in zip(table.to_pylist(), imgs):
+        for row, img in zip(table.to_pylist(), imgs, strict=True):
             out[(part.site, part.split, row["source"], row["label"])] = img
     return out
 
