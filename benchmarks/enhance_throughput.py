@@ -6,7 +6,8 @@ in one run.
 Without --run, a small run (phantoms of SIDE px, 2 training steps: the speed does not depend on the weights)
 is trained into a temp dir first. Rows:
   local        store -> new store in this process (read, sliding window, quantize, write), 1 torch thread
-  ray data     the same job on Ray Data, 2 actors of 1 CPU each (Ray's start-up is timed separately)
+  ray data     the same job on Ray Data, 2 actors of 1 CPU each; counts the actors' start (import torch, load
+               the model: a fixed cost of several seconds), not Ray's own start-up (printed separately)
   pytorch net  the network alone on the decoded images, one image per call, 1 thread (what `local` spends
                in the network)
   onnxruntime  the exported ONNX network alone, same images, one per call, 1 intra-op thread
@@ -16,6 +17,7 @@ Ratios are against `local`. On a machine shared with other work the figures move
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -96,8 +98,9 @@ def main() -> None:
     rows.append(("onnxruntime", n / (time.perf_counter() - t0), "network only, 1 image per call"))
 
     base = rows[0][1]
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"{n} images of {args.side}x{args.side}, run {run.name} ({run.cfg.model.enhancer} "
-          f"{run.cfg.model.enhancer_channels}), data in {tmp}")
+          f"{run.cfg.model.enhancer_channels})")
     print(f"{'path':<13}{'images/s':>10}{'vs local':>10}  what")
     for name, rate, what in rows:
         print(f"{name:<13}{rate:>10.1f}{rate / base:>9.2f}x  {what}")

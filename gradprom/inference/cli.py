@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .enhance import BLENDS
-from .export import FORMATS
+from .options import BLENDS, FORMATS
 
 
 def register(subparsers) -> None:

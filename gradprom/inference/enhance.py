@@ -16,7 +16,6 @@ from torch import nn
 
 from gradprom.platform.errors import DataError
 
-BLENDS = ("gaussian", "constant")
 MIN_SIDE = 8  # the smallest image the readers accept for training
 
 

@@ -25,14 +25,14 @@ from torch import Tensor, nn
 
 from gradprom.platform.atomic import atomic_path, atomic_write_text
 from gradprom.platform.datasets import build_datasets
-from gradprom.platform.errors import GradPromError
+from gradprom.platform.errors import ConfigError, GradPromError
 from gradprom.platform.rundir import versions
 
 from .manifest import sha256
+from .options import FORMATS
 from .runs import TrainedRun
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
 OPSET = 17
 
@@ -132,6 +132,8 @@ def _check(model: Exported, run_exported, inputs: dict[str, Tensor]) -> list[dic
 
 def export_run(run: TrainedRun, fmt: str, out: str | Path, recognizer: bool = False, seed: int = 0) -> ExportResult:
     """Write the export and its sidecar; raises ExportError when it does not match PyTorch within TOLERANCE."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}.")
     dest = Path(out)
     model = Exported(run.enhancer.cpu().eval(), run.recognizer.cpu().eval() if recognizer else None).eval()
     names = ["enhanced", "logits"] if recognizer else ["enhanced"]

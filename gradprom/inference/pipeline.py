@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from gradprom.platform.errors import ConfigError, DataError
 from gradprom.platform.store import Store
 
-from .enhance import BLENDS, ImageEnhancer
+from .enhance import ImageEnhancer
 from .manifest import Manifest
+from .options import BLENDS
 from .runs import TrainedRun
 from .sources import READERS, Failure, count_inputs, detect_kind
 from .store_io import StoreOutput, enhance_batch, store_batches

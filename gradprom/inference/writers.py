@@ -52,6 +52,9 @@ class PngWriter:
         img = from_unit(enhanced[0], item.meta["dtype"])
         arr = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
         dest = (self.out / item.name).with_suffix(".png")
+        if dest.exists():  # a.jpg and a.png both become a.png: never replace another input's output
+            raise DataError(f"{item.name}: its output {str(dest)!r} was already written for another input of the "
+                            f"same name; rename one of them.")
         with atomic_path(dest) as tmp:
             Image.fromarray(arr).save(tmp, format="PNG")
         return [dest]
