@@ -14,6 +14,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from gradprom.cli import main
 from gradprom.inference.pipeline import enhance_path, image_enhancer
 from gradprom.platform.readers.base import Sample
 from gradprom.platform.store import SCHEMA, Store, decode_images
@@ -77,14 +78,15 @@ def test_npz_round_trip_keeps_keys_dtype_and_labels(sr_run, tmp_path):
     assert _manifest(out)["outputs"][0]["output"] == ["scans.npz"]
 
 
-def make_store(path, n=10, size=32):
-    """A store of two sites with labels: uint8 images, rows in site a (train, test) and site b (train)."""
+def make_store(path, n=10, size=32, masks=False):
+    """A store of two sites with labels (and masks): uint8 images, rows in site a (train, test) and b (train)."""
     rng = np.random.default_rng(3)
     for site, splits in (("a", ["train", "test"]), ("b", ["train"])):
         with StoreWriter(path, site, {"source": f"test site {site}"}) as w:
             for i in range(n):
                 img = (rng.random((1, size, size)) * 255).astype(np.uint8)
-                w.add(Sample(image=img, source=f"{site}/{i}.png", label=i % 3), splits[i % len(splits)])
+                mask = rng.integers(0, 3, (size, size)).astype(np.uint8) if masks else None
+                w.add(Sample(image=img, source=f"{site}/{i}.png", label=i % 3, mask=mask), splits[i % len(splits)])
     return Store(path)
 
 
@@ -116,6 +118,21 @@ def test_store_round_trip_keeps_schema_rows_and_provenance(plain_run, tmp_path):
         np.testing.assert_array_equal(np.rint(after[key] * 255), quantize(network(plain_run, img), 255))
     m = _manifest(out)
     assert m["kind"] == "store" and len(m["outputs"][0]["input"]) == len(src.parts)
+    assert main(["-q", "data", "check", str(out)]) == 0  # the store validator accepts it
+
+
+def test_super_resolution_store_repeats_masks_to_the_new_size(sr_run, tmp_path):
+    src = make_store(tmp_path / "store", n=4, size=16, masks=True)
+    out = tmp_path / "enhanced"
+    assert enhance_path(sr_run, src.path, out, progress=False).images == 8
+    new = Store(out)
+    assert new.shape == (1, 32, 32) and new.seg_classes() == src.seg_classes()
+    before = {r["source"]: r["mask"] for _, t in src.iter_tables(src.parts) for r in t.to_pylist()}
+    after = {r["source"]: r["mask"] for _, t in new.iter_tables(new.parts) for r in t.to_pylist()}
+    assert before.keys() == after.keys()
+    for k, m in before.items():
+        want = np.frombuffer(m, np.uint8).reshape(16, 16).repeat(2, 0).repeat(2, 1)
+        np.testing.assert_array_equal(np.frombuffer(after[k], np.uint8).reshape(32, 32), want)
 
 
 def _ct_slice(path, k, series, pixels, window=None):
