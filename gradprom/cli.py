@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     for module in ("gradprom.data_cli", "gradprom.experiments.cli", "gradprom.federated.cli", "gradprom.tuning.cli",
-                   "gradprom.dashboard.cli"):  # each adds its own sub-commands
+                   "gradprom.dashboard.cli", "gradprom.inference.cli"):  # each adds its own sub-commands
         try:
             register = __import__(module, fromlist=["register"]).register
         except ImportError as e:
