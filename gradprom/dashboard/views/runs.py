@@ -4,7 +4,6 @@ their validation curves side by side."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html
@@ -31,12 +30,6 @@ def layout(interval_ms: int) -> html.Div:
         dcc.Interval(id="runs-tick", interval=interval_ms),
         dcc.Store(id="runs-sig"),
     ])
-
-
-def table_rows(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """All rows of the runs table and the page's notices, read afresh (no cache; the page uses RunIndex)."""
-    snap = RunIndex(root, run_row).refresh()
-    return snap.rows, snap.problems or ([] if snap.rows else [_empty(root)])
 
 
 def _empty(root: Path) -> str:
