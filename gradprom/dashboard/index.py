@@ -1,10 +1,13 @@
 """The runs table of a runs directory, kept up to date cheaply enough for tens of thousands of runs.
 
-Two caches make a refresh where nothing changed cost one `stat` per directory and per table file:
+Two caches make a refresh where nothing changed cost about one `stat` per directory:
 - each directory's listing, keyed by the directory's mtime (it changes when an entry is added, removed or
   renamed, which is how the engine writes every file: temp + rename);
 - each run's row, keyed by the (mtime, size) of the files it is made of (run.json, config.yaml, epochs.parquet,
-  trials.parquet, sites.parquet), so a file rewritten in place is noticed too.
+  trials.parquet, sites.parquet), so a file rewritten in place is noticed too. A run whose run.json says it is
+  finished, failed or stopped is only re-checked when its directory's mtime changes (the engine writes into
+  it again only by rename, e.g. `--resume` or `evaluate`): at 20,000 runs the per-file stats would cost more
+  than the rest of the refresh together.
 
 Refreshes run one at a time in a background thread: a page's poll never starts a second one and never waits
 longer than it is told, so a refresh that outlasts the poll interval (the first one over 20,000 runs) cannot
@@ -26,7 +29,8 @@ from .discover import _NOT_RUNS, MAX_DEPTH, Run, load_run
 
 # the files a run's row is computed from; a change to any of them recomputes the row
 ROW_FILES = ("run.json", "config.yaml", "epochs.parquet", "trials.parquet", "sites.parquet")
-TRIALS = "trials"  # a Tune experiment's trial run directories (tuning/trainable.py)
+TRIALS = "trials"
+FINAL = {"finished", "failed", "stopped"}  # statuses in which the engine no longer writes a run's files  # a Tune experiment's trial run directories (tuning/trainable.py)
 
 Row = dict[str, Any]
 RowFn = Callable[[Run], tuple[Row, list[str]]]
@@ -39,6 +43,19 @@ class _Listing:
     mtime_ns: int
     subdirs: list[str]
     files: tuple[str, ...]
+
+
+@dataclass
+class _Cached:
+    """A run's row and what it was computed from."""
+
+    dir_mtime: int
+    key: tuple
+    row: Row
+    problems: list[str]
+    kind: str
+    final: bool  # finished, failed or stopped: its files change only by rename (which changes dir_mtime)
+    start: str
 
 
 @dataclass
@@ -59,13 +76,14 @@ class RunIndex:
         self.root = Path(root)
         self.row_fn = row_fn
         self._dirs: dict[str, _Listing] = {}
-        self._rows: dict[str, tuple[tuple, Row, list[str], str]] = {}  # key, row, problems, kind
+        self._rows: dict[str, _Cached] = {}
         self._token = secrets.token_hex(4)  # versions of an earlier server never match this one's
         self._generation = 0
         self._state = threading.Lock()
         self._refreshing = threading.Lock()
         self._worker: threading.Thread | None = None
         self._snapshot: Snapshot | None = None
+        self._last: Snapshot | None = None  # what the last refresh built
         self._taken = 0.0
         self.rows_built = 0  # rows computed from the files (not from the cache), for tests and benchmarks
 
@@ -99,24 +117,29 @@ class RunIndex:
         self._dirs[d] = listing
         return listing
 
-    def _row(self, path: str, files: tuple[str, ...]) -> tuple[Row, list[str], str, bool]:
-        """(row, problems, kind, rebuilt) of the run at `path`, from the cache when none of its files changed."""
+    def _row(self, path: str, listing: _Listing) -> _Cached:
+        """The run at `path`, from the cache when none of its files changed (see the module docstring)."""
+        hit = self._rows.get(path)
+        if hit is not None and hit.final and hit.dir_mtime == listing.mtime_ns:
+            return hit  # a finished run changes only by a rename into its directory: no file to stat
         key = []
-        for name in files:
+        for name in listing.files:
             try:
                 st = os.stat(f"{path}/{name}")
                 key.append((st.st_mtime_ns, st.st_size))
             except OSError:
                 key.append(None)
-        key_t = (files, *key)
-        hit = self._rows.get(path)
-        if hit is not None and hit[0] == key_t:
-            return hit[1], hit[2], hit[3], False
+        key_t = (listing.files, *key)
+        if hit is not None and hit.key == key_t:
+            hit.dir_mtime = listing.mtime_ns
+            return hit
         run = load_run(self.root, Path(path))
         row, problems = self.row_fn(run)
         self.rows_built += 1
-        self._rows[path] = (key_t, row, problems, run.kind)
-        return row, problems, run.kind, True
+        final = str(run.info.get("status") or "") in FINAL
+        cached = _Cached(listing.mtime_ns, key_t, row, problems, run.kind, final, str(row.get("start") or ""))
+        self._rows[path] = cached
+        return cached
 
     def refresh(self) -> Snapshot:
         """Walk the runs directory and rebuild the rows whose files changed."""
@@ -130,9 +153,9 @@ class RunIndex:
         seen: set[str] = set()
         listed: set[str] = set()
         changed = False
+        built_before = self.rows_built
 
         def walk(d: str, listing: _Listing, depth: int, in_run: bool, in_tune: bool) -> None:
-            nonlocal changed
             for name in listing.subdirs:
                 if (in_run and name in _NOT_RUNS) or (in_tune and name == TRIALS):
                     continue  # a Tune experiment's trials are folded under it: its row and page speak for them
@@ -144,11 +167,11 @@ class RunIndex:
                 is_run = "run.json" in sub.files
                 kind = ""
                 if is_run:
-                    row, p, kind, rebuilt = self._row(c, sub.files)
+                    hit = self._row(c, sub)
                     seen.add(c)
-                    changed |= rebuilt
-                    rows.append((str(row.get("start") or ""), row["id"], row))
-                    problems.extend(p)
+                    kind = hit.kind
+                    rows.append((hit.start, hit.row["id"], hit.row))
+                    problems.extend(hit.problems)
                 if depth < MAX_DEPTH and sub.subdirs:
                     walk(c, sub, depth + 1, is_run, kind == "tune")
 
@@ -161,11 +184,15 @@ class RunIndex:
         changed |= bool(gone)
         for d in [d for d in self._dirs if d not in listed and d != str(self.root)]:
             del self._dirs[d]  # removed, or no longer walked
-        if changed or self._generation == 0:
-            self._generation += 1
+        changed |= self.rows_built != built_before or len(seen) != (self._last.runs if self._last else -1)
+        if not changed and self._last is not None:  # same rows, same order: the last table as it was
+            return Snapshot(self._last.version, self._last.rows, self._last.problems, len(seen),
+                            time.perf_counter() - t0)
+        self._generation += 1
         rows.sort(key=lambda t: (t[0], t[1]), reverse=True)
-        return Snapshot(f"{self._token}:{self._generation}", [r for _, _, r in rows], problems, len(seen),
-                        time.perf_counter() - t0)
+        self._last = Snapshot(f"{self._token}:{self._generation}", [r for _, _, r in rows], problems, len(seen),
+                              time.perf_counter() - t0)
+        return self._last
 
     # --- what a page's poll calls -------------------------------------------------------------------------
     def snapshot(self, max_age: float, wait: float) -> Snapshot | None:

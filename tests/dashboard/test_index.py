@@ -33,7 +33,7 @@ def _by_id(snap):
 
 def test_rows_come_from_the_cache_until_a_file_changes(tmp_path):
     for i in range(3):
-        _run(tmp_path / f"r{i}")
+        _run(tmp_path / f"r{i}", status="running" if i == 2 else "finished")
     index = RunIndex(tmp_path, run_row)
     first = index.refresh()
     assert set(_by_id(first)) == {"r0", "r1", "r2"} and index.rows_built == 3
@@ -46,7 +46,7 @@ def test_rows_come_from_the_cache_until_a_file_changes(tmp_path):
     assert index.rows_built == 4 and snap.version != first.version
     assert _by_id(snap)["r1"]["best_psnr"] == 31.5 and _by_id(snap)["r0"]["best_psnr"] == 20.0
 
-    # an edit in place (same directory mtime): the file's own mtime and size still tell
+    # an edit in place (same directory mtime) of a running run: the file's own mtime and size still tell
     cfg = tmp_path / "r2" / "config.yaml"
     dir_mtime = os.stat(tmp_path / "r2").st_mtime_ns
     cfg.write_text(yaml.safe_dump({"task": "classification", "gradprom": {"strategy": "joint", "tau": 0.25}}))
