@@ -179,7 +179,7 @@ def test_a_run_named_as_markdown_is_shown_verbatim_and_links_to_its_page(broken,
     page.locator('#runs-table td[data-dash-column="name"] a', has_text="javascript").click()
     page.wait_for_function("() => document.querySelector('#run-title')")
     assert page.locator("#run-title").inner_text() == HOSTILE
-    wait_rows(page, "run-summary", 1)
+    page.wait_for_selector('#run-summary td[data-dash-column="value"]')  # its page is drawn
     assert dialogs == [] and not page.errors
 
 
