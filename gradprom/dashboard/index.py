@@ -21,16 +21,17 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .discover import _NOT_RUNS, MAX_DEPTH, Run, load_run
 
 # the files a run's row is computed from; a change to any of them recomputes the row
 ROW_FILES = ("run.json", "config.yaml", "epochs.parquet", "trials.parquet", "sites.parquet")
-TRIALS = "trials"
-FINAL = {"finished", "failed", "stopped"}  # statuses in which the engine no longer writes a run's files  # a Tune experiment's trial run directories (tuning/trainable.py)
+TRIALS = "trials"  # a Tune experiment's trial run directories (tuning/trainable.py)
+FINAL = {"finished", "failed", "stopped"}  # statuses in which the engine no longer writes a run's files
 
 Row = dict[str, Any]
 RowFn = Callable[[Run], tuple[Row, list[str]]]
