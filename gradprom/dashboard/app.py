@@ -44,7 +44,7 @@ def build_app(root: str | Path, interval_s: float = 2.0, ray_address: str | None
         return html.Div([html.H2("Not found"), html.Div(notice("page-notice", [f"No page at {path!r}."]),
                                                         className="notice")])
 
-    runs.register(app, root)
+    runs.register(app, root, interval_s)
     run.register(app, root)
     tuning.register(app, root)
     federation.register(app, root)

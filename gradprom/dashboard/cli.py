@@ -73,7 +73,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .app import build_app  # Dash and Plotly load only for this command
 
     app = build_app(root, interval_s=args.interval, ray_address=args.ray_address)
+    quiet_logs(verbose=getattr(args, "verbose", False))
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"GradProm dashboard for {root.resolve()} at http://{shown}:{args.port}/ (Ctrl+C to stop)", flush=True)
-    app.run(host=args.host, port=args.port, debug=False)
+    print(f"gradprom dashboard: serving {root.resolve()} at http://{shown}:{args.port}/ (Ctrl+C to stop)", flush=True)
+    # Werkzeug's server directly: Dash's and Flask's run() print their own banners (Dash's line, Flask's app
+    # name, debug mode), which say less than the line above
+    from werkzeug.serving import run_simple
+
+    app.enable_dev_tools(debug=False)
+    run_simple(args.host, args.port, app.server, threaded=True)
     return 0
+
+
+def quiet_logs(verbose: bool) -> None:
+    """One line per poll is noise: Werkzeug's access log (and its start-up lines) only with -v."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.INFO if verbose else logging.WARNING)

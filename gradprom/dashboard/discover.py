@@ -59,13 +59,7 @@ class TableCache:
             hit = self._items.get(path)
             if hit is not None and hit[0] == key:
                 return hit[1], hit[2]
-        try:
-            table, problem = pq.read_table(path), None
-        except Exception as e:  # truncated or corrupt: pyarrow raises ArrowInvalid, OSError, ...
-            table = None
-            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            problem = f"{path.name} is unreadable (truncated or corrupt) and was skipped: {first}"
-            log.warning("%s: %s", path, problem)
+        table, problem = read_parquet(path)
         with self._lock:
             if len(self._items) >= self.max_entries:
                 self._items.pop(next(iter(self._items)))
@@ -74,6 +68,23 @@ class TableCache:
 
 
 CACHE = TableCache()
+# libyaml's parser when PyYAML was built with it (about 10x faster on a run's config.yaml), else pure Python
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def read_parquet(path: Path) -> tuple[pa.Table | None, str | None]:
+    """(table, None), or (None, problem) for a file that is truncated or corrupt; not cached."""
+    try:
+        # ParquetFile reads one file without the dataset machinery of pq.read_table: ~3x faster on small tables
+        with pq.ParquetFile(path) as f:
+            return f.read(use_threads=False), None
+    except FileNotFoundError:
+        return None, None
+    except Exception as e:  # truncated or corrupt: pyarrow raises ArrowInvalid, OSError, ...
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        problem = f"{path.name} is unreadable (truncated or corrupt) and was skipped: {first}"
+        log.warning("%s: %s", path, problem)
+        return None, problem
 
 
 def read_json(path: Path) -> tuple[dict[str, Any], str | None]:
@@ -92,7 +103,7 @@ def read_json(path: Path) -> tuple[dict[str, Any], str | None]:
 def read_yaml(path: Path) -> tuple[dict[str, Any], str | None]:
     """A YAML mapping file as a dict, or ({}, problem)."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=YAML_LOADER) or {}
         if not isinstance(data, dict):
             raise ValueError("not a mapping")
         return data, None
@@ -138,7 +149,10 @@ def find_runs(root: Path) -> list[Run]:
 def get_run(root: Path, run_id: str) -> Run | None:
     """The run with this id, or None if the id is not a run directory inside `root`."""
     path = safe_join(root, run_id)
-    if path is None or not (path / "run.json").is_file():
+    try:
+        if path is None or not (path / "run.json").is_file():
+            return None
+    except OSError:  # e.g. ENAMETOOLONG, which Path.is_file does not swallow
         return None
     return load_run(root, path)
 
@@ -151,8 +165,11 @@ def safe_join(root: Path, rel: str) -> Path | None:
     parts = Path(rel).parts
     if any(p in ("..", "") for p in parts) or Path(rel).is_absolute():
         return None
-    base = root.resolve()
-    target = (base / rel).resolve()
+    try:
+        base = root.resolve()
+        target = (base / rel).resolve()
+    except (OSError, RuntimeError):  # a name too long for the file system, a symlink loop: nothing to serve
+        return None
     if target != base and base not in target.parents:
         return None
     return target

@@ -1,7 +1,10 @@
 """The one route that serves files: figures and exported configs from inside the runs directory, read-only.
 
-Absolute paths, `..`, backslashes and symlinks that resolve outside the runs directory are refused (403);
-only image, YAML and JSON files are served."""
+Absolute paths, `..`, backslashes and symlinks that resolve outside the runs directory are refused (403), and
+so is every type the platform does not write. Anyone who can write into the runs directory (shared storage, a
+trial on another host, a downloaded run) controls these bytes, so every answer carries a policy that forbids
+scripts, plugins and same-origin access (`sandbox`), `nosniff`, and active types (SVG, HTML) are sent only as
+downloads, never rendered in the dashboard's origin."""
 
 from __future__ import annotations
 
@@ -10,8 +13,14 @@ from pathlib import Path
 from .discover import safe_join
 
 PREFIX = "/files/"
-SERVED = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml",
-          ".yaml": "text/plain; charset=utf-8", ".yml": "text/plain; charset=utf-8", ".json": "application/json"}
+TEXT = "text/plain; charset=utf-8"
+# what the platform writes into run directories and the pages link: figures, configs, run.json, logs
+SERVED = {".png": "image/png", ".yaml": TEXT, ".yml": TEXT, ".json": "application/json", ".log": TEXT,
+          ".txt": TEXT}
+# active content (it can carry script): only ever a download, as opaque bytes
+DOWNLOAD_ONLY = {".svg", ".svgz", ".html", ".htm", ".xhtml", ".xml"}
+# no script, no plugin, no fetch, no frame; `sandbox` also gives the document an opaque origin
+POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
 def register(server, root: Path) -> None:
@@ -27,10 +36,21 @@ def register(server, root: Path) -> None:
         if request.method not in ("GET", "HEAD"):
             abort(405)
         target = safe_join(root, request.path[len(PREFIX):])
-        if target is None or target.suffix.lower() not in SERVED:
+        suffix = target.suffix.lower() if target is not None else ""
+        if target is None or (suffix not in SERVED and suffix not in DOWNLOAD_ONLY):
             abort(403)
-        if not target.is_file():
+        try:
+            found = target.is_file()
+        except OSError:  # e.g. a name too long for the file system: nothing is there
+            found = False
+        if not found:
             abort(404)
-        resp = send_file(target, mimetype=SERVED[target.suffix.lower()], max_age=0)
+        if suffix in SERVED:
+            resp = send_file(target, mimetype=SERVED[suffix], max_age=0)
+        else:
+            resp = send_file(target, mimetype="application/octet-stream", as_attachment=True,
+                             download_name=target.name, max_age=0)
+        resp.headers["Content-Security-Policy"] = POLICY
         resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Cross-Origin-Resource-Policy"] = "same-origin"
         return resp

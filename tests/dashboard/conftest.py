@@ -82,6 +82,7 @@ class Dashboard:
 
     def __init__(self, runs: Path, *extra: str):
         self.port = free_port()
+        self.runs = runs
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         exe = Path(sys.executable).parent / "gradprom"  # the installed command, as a user runs it

@@ -3,6 +3,8 @@ tables): the numbers on the page are compared with the Parquet tables, and each 
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -17,9 +19,22 @@ def _val(path) -> list[dict]:
     return [r for r in pq.read_table(path / "epochs.parquet").to_pylist() if r["split"] == "val"]
 
 
+def _best_trial(exp) -> dict:
+    """The experiment's best trial, as the tuner names it in run.json (single objective) or, for a Pareto
+    search, the front's trial with the best PSNR; its last reported row."""
+    info = json.loads((exp / "run.json").read_text())
+    finals = {}
+    for r in pq.read_table(exp / "trials.parquet").to_pylist():
+        finals[r["trial_id"]] = r  # rows are in report order: the last one wins
+    if info.get("best_trial"):
+        return finals[info["best_trial"]]
+    front = [r["trial_id"] for r in pq.read_table(exp / "pareto.parquet").to_pylist()]
+    return max((finals[t] for t in front), key=lambda r: r["psnr"])
+
+
 def test_runs_view_shows_every_run_filters_and_compares(dashboard, page, runs_root):
-    trial_runs = {f"{TUNE_REAL}/trials/{p.name}" for p in (runs_root / TUNE_REAL / "trials").iterdir()}
-    expected = {*LOCAL_RUNS, FED_NAME, TUNE_NAME, FED_REAL, TUNE_REAL, *trial_runs}
+    # Tune trials are folded under their experiment: one row per experiment, none per trial
+    expected = {*LOCAL_RUNS, FED_NAME, TUNE_NAME, FED_REAL, TUNE_REAL}
     page.goto(dashboard.url + "/")
     table = {r["name"]: r for r in wait_rows(page, "runs-table", len(expected))}
     assert set(table) == expected and table[FED_REAL]["kind"] == "federated" and table[TUNE_REAL]["kind"] == "tune"
@@ -31,8 +46,24 @@ def test_runs_view_shows_every_run_filters_and_compares(dashboard, page, runs_ro
         assert row["task_metric"] == "accuracy"
         assert float(row["best_task"]) == shown(max(r["accuracy"] for r in val))
     assert float(table[FED_NAME]["best_psnr"]) == shown(max(r["psnr"] for r in _val(runs_root / FED_NAME)))
-    trials = pq.read_table(runs_root / TUNE_NAME / "trials.parquet").column("psnr").to_pylist()
-    assert (table[TUNE_NAME]["kind"], float(table[TUNE_NAME]["best_psnr"])) == ("tune", shown(max(trials)))
+
+    # a tune row shows one trial's values throughout: the best trial's searched values beside its metrics
+    for name in (TUNE_NAME, TUNE_REAL):
+        best, row = _best_trial(runs_root / name), table[name]
+        n_trials = len({r["trial_id"] for r in pq.read_table(runs_root / name / "trials.parquet").to_pylist()})
+        assert row["trials"] == f"{n_trials} · best {best['trial_id']}"
+        for col, key in (("tau", "config/tau"), ("lambda_r", "config/lambda_r"), ("best_psnr", "psnr"),
+                         ("best_ssim", "ssim"), ("best_task", "accuracy")):
+            if key in best:
+                assert float(row[col]) == shown(best[key]), (name, col)
+
+    # a federation row names what its sites were fed (the noise ramp), not the server's degradation
+    for name in (FED_NAME, FED_REAL):
+        degs = pq.read_table(runs_root / name / "sites.parquet").column("degradation").to_pylist()
+        sigmas = sorted(float(d.split("=")[1]) for d in degs)
+        span = f"σ {sigmas[0]:g}" if sigmas[0] == sigmas[-1] else f"σ {sigmas[0]:g}–{sigmas[-1]:g}"
+        assert table[name]["data"] == f"phantoms · {len(degs)} sites, {span}", table[name]["data"]
+    assert "–" in table[FED_REAL]["data"]  # the real federation's sites differ (the default ramp)
 
     # filter: the native DataTable filter row
     box = page.locator('#runs-table th[data-dash-column="strategy"] input[type=text]')
@@ -111,6 +142,13 @@ def test_tuning_view(dashboard, page, runs_root, name):
         assert got["stopped_early"] == ("yes" if want["stopped_early"] else "no")
         for k in ("config/tau", "config/lambda_r", "psnr", "accuracy", "gate_open_rate"):
             assert float(got[k]) == shown(want[k]), k
+    # the trials folded out of the Runs page are reached from here: each trial's run directory is linked
+    trial_dirs = sorted(p.parent.name for p in (exp / "trials").glob("*/run.json"))
+    links = page.eval_on_selector_all('#tune-trials-table td[data-dash-column="run"] a',
+                                      "els => els.map(e => e.getAttribute('href'))")
+    assert sorted(links) == [f"/run/{name}/trials/{t}" for t in trial_dirs]
+    if name == TUNE_REAL:
+        assert trial_dirs and set(trial_dirs) == set(last)
     pareto = pq.read_table(exp / "pareto.parquet").to_pylist()
     fig = wait_figure(page, "tune-pareto", "f.data.some(t => t.name === 'Pareto front')")
     assert sorted(shown(x) for x in trace(fig, "Pareto front")["x"]) == sorted(shown(r["psnr"]) for r in pareto)

@@ -1,5 +1,6 @@
 """Robustness: truncated Parquet files and an empty runs directory give a page with a clear notice (and the
-server stays up); requests for paths outside the runs directory are refused."""
+server stays up); requests for paths outside the runs directory are refused; hostile content planted in the
+runs directory (an SVG or HTML file with script, a run name that is Markdown) never runs or spoofs a link."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from ._page import rows, shown, trace, wait_figure, wait_rows
 from .conftest import Dashboard, copy_run, screenshot
 
 pytestmark = pytest.mark.slow
+HOSTILE = "x](javascript:alert(1))[y"  # a run directory named as Markdown
+EVIL_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.domain)">'
+            '<script>alert("svg-xss")</script></svg>')
 
 
 def _truncate(path, keep: float = 0.5) -> None:
@@ -47,6 +51,10 @@ def broken(real_run, tmp_path_factory):
     (base / "secret.yaml").write_text("password: x\n")
     os.symlink(outside / "secret.png", root / "good" / "figures" / "leak.png")  # a symlink out of the runs dir
     os.symlink(outside, root / "linked")
+    copy_run(real_run, root / HOSTILE)
+    (root / "good" / "figures" / "evil.svg").write_text(EVIL_SVG)
+    (root / "good" / "figures" / "evil.html").write_text("<script>alert('html-xss')</script>")
+    (root / "good" / "figures" / "evil.png").write_text(EVIL_SVG)  # script in a file named like a figure
     d = Dashboard(root)
     yield d, root
     d.stop()
@@ -58,7 +66,7 @@ def test_truncated_tables_are_flagged_not_fatal(broken, page):
     parts = sorted((bad / "steps").glob("part-*.parquet"))
 
     page.goto(d.url + "/")
-    table = {r["name"]: r for r in wait_rows(page, "runs-table", 2)}
+    table = {r["name"]: r for r in wait_rows(page, "runs-table", 3)}
     page.wait_for_selector("#runs-notice .notice-line")
     text = page.locator("#runs-notice").inner_text()
     assert "truncated: epochs.parquet is unreadable (truncated or corrupt) and was skipped" in text
@@ -114,3 +122,79 @@ def test_paths_outside_the_runs_directory_are_refused(broken):
     assert _get(d.port, "/files/good/figures/samples.png", method="DELETE")[0] == 405
     assert _get(d.port, "/files/good/figures/samples.png", method="POST")[0] == 405
     assert (run / "figures" / "samples.png").is_file() and d.alive()
+
+
+def _headers(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+
+def test_planted_svg_and_html_never_run_script(broken, page):
+    d, root = broken
+    for name in ("evil.svg", "evil.html"):  # active types: only as an opaque download
+        status, headers, _ = _headers(d.port, f"/files/good/figures/{name}")
+        assert status == 200 and headers["content-disposition"].startswith("attachment"), headers
+        assert headers["content-type"] == "application/octet-stream"
+    status, headers, _ = _headers(d.port, "/files/good/figures/samples.png")
+    assert status == 200 and headers["content-type"] == "image/png"
+    for path in ("/files/good/figures/samples.png", "/files/good/config.yaml", "/files/good/figures/evil.svg"):
+        headers = _headers(d.port, path)[1]
+        assert "sandbox" in headers["content-security-policy"] and "default-src 'none'" in headers[
+            "content-security-policy"] and headers["x-content-type-options"] == "nosniff", path
+
+    # in Chromium: open each planted file as a user following a link would; no script may run
+    dialogs: list[str] = []
+    page.on("dialog", lambda dlg: (dialogs.append(dlg.message), dlg.dismiss()))
+    for name in ("evil.svg", "evil.html", "evil.png"):
+        try:
+            page.goto(f"{d.url}/files/good/figures/{name}")
+        except Exception as e:  # a download, not a page: Playwright says "Download is starting"
+            assert "Download is starting" in str(e), e
+        page.wait_for_timeout(500)
+    # embedded in a page of the dashboard's own origin, too
+    page.goto(d.url + "/")
+    page.evaluate("""() => { for (const n of ['evil.svg', 'evil.html', 'evil.png']) {
+        for (const [tag, attr] of [['iframe', 'src'], ['object', 'data'], ['img', 'src'], ['embed', 'src']]) {
+            const e = document.createElement(tag); e[attr] = '/files/good/figures/' + n; document.body.appendChild(e);
+        } } }""")
+    page.wait_for_timeout(1500)
+    assert dialogs == [] and not page.errors
+
+
+def test_a_run_named_as_markdown_is_shown_verbatim_and_links_to_its_page(broken, page):
+    d, root = broken
+    dialogs: list[str] = []
+    page.on("dialog", lambda dlg: (dialogs.append(dlg.message), dlg.dismiss()))
+    page.goto(d.url + "/")
+    names = [r["name"] for r in wait_rows(page, "runs-table", 3)]
+    assert HOSTILE in names
+    links = page.eval_on_selector_all('#runs-table td[data-dash-column="name"] a',
+                                      "els => els.map(e => [e.textContent, e.getAttribute('href')])")
+    assert [HOSTILE, "/run/x%5D%28javascript%3Aalert%281%29%29%5By"] in links
+    assert not any(h.lower().startswith("javascript") for _, h in links)
+    page.locator('#runs-table td[data-dash-column="name"] a', has_text="javascript").click()
+    page.wait_for_function("() => document.querySelector('#run-title')")
+    assert page.locator("#run-title").inner_text() == HOSTILE
+    page.wait_for_selector('#run-summary td[data-dash-column="value"]')  # its page is drawn
+    assert dialogs == [] and not page.errors
+
+
+def test_a_path_of_4000_segments_is_404_not_500(broken):
+    d, _ = broken
+    status, _ = _get(d.port, "/files/" + "a/" * 4000 + "x.yaml")
+    assert status == 404 and d.alive() and _get(d.port, "/")[0] == 200
+    assert "Traceback" not in d.log.read_text()
+
+
+def test_the_log_is_one_line_without_an_access_log(broken):
+    d, _ = broken
+    for _ in range(3):
+        assert _get(d.port, "/files/good/config.yaml")[0] == 200
+    lines = [ln for ln in d.log.read_text().splitlines() if ln.strip()]
+    serving = [ln for ln in lines if "serving" in ln]
+    assert serving == [f"gradprom dashboard: serving {d.runs.resolve()} at {d.url}/ (Ctrl+C to stop)"], lines
+    assert not [ln for ln in lines if '"GET ' in ln or "Running on" in ln or "Serving Flask" in ln], lines

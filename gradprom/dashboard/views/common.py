@@ -129,6 +129,20 @@ def href(kind: str, run_id: str) -> str:
     return f"/{view}/{quote(run_id)}"
 
 
+_MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~&")
+
+
+def md_text(text: str) -> str:
+    """`text` for a Markdown cell, every punctuation character Markdown could read as syntax backslash-escaped,
+    so a run named `x](javascript:alert(1))[y` is shown exactly as it is named."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text).replace("\n", " "))
+
+
+def md_link(text: str, url: str) -> str:
+    """A Markdown link showing `text` verbatim; `url` must already be quoted (see href, file_url)."""
+    return f"[{md_text(text)}]({url})"
+
+
 def file_url(run_id: str, rel: str, version: int | None = None) -> str:
     """URL of a file inside a run directory (served read-only by the app)."""
     url = f"/files/{quote(run_id)}/{quote(rel)}"

@@ -4,18 +4,17 @@ their validation curves side by side."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 from plotly.subplots import make_subplots
 
-from ..discover import Run, find_runs, read_table, signature
-from .common import PALETTE, data_table, duration, graph, href, message_figure, notice, notice_box, num, task_metrics
+from ..index import RunIndex
+from ..rows import COLUMNS, run_row, val_rows
+from .common import PALETTE, data_table, graph, message_figure, notice, notice_box, task_metrics
 
-COLUMNS = ["name", "kind", "status", "task", "strategy", "tau", "lambda_e", "lambda_r", "data", "best_psnr",
-           "best_ssim", "task_metric", "best_task", "start", "length"]
+WAIT_S = 1.0  # the longest a poll waits for a running refresh (at most half the interval)
 
 
 def layout(interval_ms: int) -> html.Div:
@@ -33,67 +32,9 @@ def layout(interval_ms: int) -> html.Div:
     ])
 
 
-def _val_rows(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
-    table, problems = read_table(run.path / "epochs.parquet")
-    if table is None:
-        return [], problems
-    return [r for r in table.to_pylist() if r.get("split") == "val"], problems
-
-
-def _best(rows: list[dict[str, Any]], key: str) -> float | None:
-    vals = [num(r.get(key)) for r in rows]
-    vals = [v for v in vals if v is not None]
-    return max(vals) if vals else None
-
-
-def run_row(run: Run) -> tuple[dict[str, Any], list[str]]:
-    """One row of the runs table, and the problems met reading the run."""
-    info, cfg = run.info, run.config
-    g = cfg.get("gradprom") or {}
-    data = cfg.get("data") or {}
-    rows, problems = _val_rows(run)
-    if not rows and (run.path / "trials.parquet").is_file():  # a Tune experiment: best over its trials
-        t, p = read_table(run.path / "trials.parquet")
-        problems += p
-        rows = t.to_pylist() if t is not None else []
-    metrics = task_metrics(k for r in rows for k in r)
-    # the task's headline metric: accuracy for classification, dice for segmentation
-    metric = metrics[0] if metrics else ""
-    source = info.get("data") or data.get("source") or ""
-    degradation = info.get("degradation") or data.get("degradation") or ""
-    row = {
-        "id": run.id,
-        "name": f"[{run.id}]({href(run.kind, run.id)})",
-        "kind": run.kind,
-        "status": info.get("status") or ("unreadable" if run.problems else ""),
-        "task": info.get("task") or cfg.get("task") or "",
-        "strategy": info.get("strategy") or g.get("strategy") or "",
-        "tau": num(info.get("tau", g.get("tau"))),
-        "lambda_e": num(g.get("lambda_e")),
-        "lambda_r": num(g.get("lambda_r")),
-        "data": f"{source} · {degradation}" if degradation else str(source),
-        "best_psnr": _best(rows, "psnr"),
-        "best_ssim": _best(rows, "ssim"),
-        "task_metric": metric,
-        "best_task": _best(rows, metric) if metric else None,
-        "start": str(info.get("start") or "").replace("T", " ").split("+")[0],
-        "length": duration(info),
-    }
-    return row, [f"{run.id}: {p}" for p in run.problems + problems]
-
-
-def table_rows(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """All rows of the runs table and the page's notices."""
-    runs = find_runs(root)
-    if not runs:
-        return [], [f"No runs in {root} yet. Start one, e.g. `gradprom train --out {root}`; this page updates "
-                    f"by itself when one appears."]
-    rows, problems = [], []
-    for run in runs:
-        row, p = run_row(run)
-        rows.append(row)
-        problems += p
-    return rows, problems
+def _empty(root: Path) -> str:
+    return (f"No runs in {root} yet. Start one, e.g. `gradprom train --out {root}`; this page updates by itself "
+            f"when one appears.")
 
 
 def compare_figure(root: Path, run_ids: list[str]) -> go.Figure:
@@ -108,7 +49,7 @@ def compare_figure(root: Path, run_ids: list[str]) -> go.Figure:
         run = get_run(root, rid)
         if run is None:
             continue
-        rows, _ = _val_rows(run)
+        rows, _ = val_rows(run)
         metrics = task_metrics(k for r in rows for k in r)
         for col, key in enumerate(panels, start=1):
             key = (metrics[0] if metrics else None) if key == "task" else key
@@ -124,19 +65,29 @@ def compare_figure(root: Path, run_ids: list[str]) -> go.Figure:
     return fig
 
 
-def register(app, root: Path) -> None:
-    """Callbacks of the runs page."""
+def register(app, root: Path, interval_s: float = 2.0) -> RunIndex:
+    """Callbacks of the runs page; returns the index they read (one per app)."""
+    index = RunIndex(root, run_row)
+    # a poll never waits long for a refresh: the browser drops a poll's answer once the next poll has started
+    wait = min(WAIT_S, interval_s / 2)
 
     @app.callback(Output("runs-table", "data"), Output("runs-notice", "children"), Output("runs-sig", "data"),
                   Input("runs-tick", "n_intervals"), State("runs-sig", "data"))
     def refresh(_n, sig):
-        new = signature(root, depth=3)
-        if new == sig:
+        snap = index.snapshot(max_age=interval_s, wait=wait)
+        if snap is None:
+            if sig == "reading":
+                raise PreventUpdate
+            return [], notice("runs-notice", [f"Reading the run directories under {root} (the first time takes "
+                                              f"a few seconds per thousand runs)…"]), "reading"
+        if snap.version == sig:
             raise PreventUpdate
-        rows, problems = table_rows(root)
-        return rows, notice("runs-notice", problems), new
+        problems = snap.problems or ([] if snap.rows else [_empty(root)])
+        return snap.rows, notice("runs-notice", problems), snap.version
 
     @app.callback(Output("runs-compare", "figure"), Input("runs-table", "selected_row_ids"),
                   Input("runs-sig", "data"))
     def compare(ids, _sig):
         return compare_figure(root, list(ids or []))
+
+    return index

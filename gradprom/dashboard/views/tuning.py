@@ -11,6 +11,7 @@ from dash import Input, Output, State, dcc, html
 from plotly.subplots import make_subplots
 
 from ..discover import Run, read_table
+from ..rows import objectives
 from .common import (
     cell,
     changed_run,
@@ -45,15 +46,6 @@ def layout(exp_id: str, interval_ms: int) -> html.Div:
         dcc.Store(id="tune-id", data=exp_id),
         dcc.Store(id="tune-sig"),
     ])
-
-
-def objectives(run: Run) -> tuple[list[str], list[str]]:
-    """The experiment's objective metrics and their modes (max | min) from run.json."""
-    metrics = run.info.get("metrics") or [run.info.get("objective") or "psnr"]
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    modes = run.info.get("modes") or run.info.get("mode") or "max"
-    modes = [modes] * len(metrics) if isinstance(modes, str) else list(modes)
-    return metrics, (modes + ["max"] * len(metrics))[: len(metrics)]
 
 
 def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
