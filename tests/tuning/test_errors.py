@@ -21,7 +21,7 @@ from ._tiny import BIN, env, write_config
     (["--set", "tune.tua=[0,1]"], "unknown field `tune.tua`"),
     (["--strategies", "gradprom,nonsense"], "nonsense"),
     (["--trials", "0"], "tune.num_trials"),
-    (["--trials", "many"], "config field `tune.num_trials`: got 'many'"),
+    (["--trials", "many"], "command line: --trials): `tune.num_trials`: got 'many'"),
     (["--resume", "does/not/exist"], "--resume 'does/not/exist': no such directory"),
 ])
 def test_bad_input_is_a_clear_error(args, expected, tmp_path, capsys):
