@@ -28,15 +28,17 @@ class RunLifecycle:
     def __init__(self, run: RunDir, resume: bool, *, resume_hint: str = "--resume"):
         self.run, self.resume, self.resume_hint = run, resume, resume_hint
         if run.exists() and not resume:
-            raise ConfigError(f"Run directory {str(run.path)!r} already holds a run; continue it with --resume, "
-                              f"or choose another --name / --out.")
+            raise ConfigError(f"Run directory {str(run.path)!r} already holds a run; continue it with "
+                              f"{resume_hint}, or choose another --name / --out.")
 
     @contextmanager
-    def running(self, kind: str, header: dict[str, Any], save: Callable[[Path], None] | None = None) -> Iterator[None]:
-        """Create the directory, write run.json "running" (keeping a resumed run's start) and the config, run
-        the block, and record how it ended."""
+    def running(self, kind: str, header: dict[str, Any], save: Callable[[Path], None] | None = None,
+                tree: bool = True) -> Iterator[None]:
+        """Create the directory (with steps/, checkpoints/, figures/ unless `tree` is False: a Tune experiment
+        has none), write run.json "running" (keeping a resumed run's start) and the config, run the block, and
+        record how it ended."""
         run = self.run
-        run.create()
+        run.create() if tree else run.path.mkdir(parents=True, exist_ok=True)
         started = run.read_run().get("start") if self.resume else None
         run.write_run(name=run.path.name, kind=kind, status="running", start=started or now_iso(), end=None,
                       **header, error=None)

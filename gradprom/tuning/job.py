@@ -22,6 +22,7 @@ import yaml
 
 from gradprom.platform.config import Config, build_config, load_config_file, save_config
 from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.lifecycle import RunLifecycle
 from gradprom.platform.rundir import RunDir, now_iso, versions
 
 from .results import STATUSES, trial_rows, write_results, write_spec
@@ -71,9 +72,7 @@ def prepare(cfg: Config, spec: TuneSpec, out: str | Path, name: str | None = Non
     build_datasets(cfg)  # every data error now, before Ray starts (DataError)
     base = trial_base(cfg, spec)
     exp = RunDir((Path(out) / (name or default_name(cfg, spec))).resolve())
-    if exp.exists():
-        raise ConfigError(f"Experiment directory {str(exp.path)!r} already holds a run; continue it with "
-                          f"`gradprom tune --resume {exp.path}`, or choose another --name / --out.")
+    RunLifecycle(exp, False, resume_hint=f"`gradprom tune --resume {exp.path}`")  # a taken directory: ConfigError
     exp.path.mkdir(parents=True, exist_ok=True)
     save_config(base, exp.config_yaml)
     write_spec(exp.path / SPEC_FILE, spec.model_dump(mode="json"))
@@ -213,19 +212,13 @@ def run(exp_dir: str | Path, *, resume: bool = False, address: str | None = None
                                       failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
         import ray
 
-        info = exp.read_run()
-        exp.write_run(status="running", start=info.get("start") or now_iso(), end=None, error=None,
-                      address=address or "local", versions={**versions(), "ray": ray.__version__})
-        try:
+        # the engine's run lifecycle: "running", then finish() closes it (finished, or stopped with trials left);
+        # Ctrl-C marks it stopped with the resume command, any other error failed
+        life = RunLifecycle(exp, True, resume_hint=f"`gradprom tune --resume {exp.path}`")
+        with life.running("tune", {"address": address or "local", "versions": {**versions(), "ray": ray.__version__}},
+                          tree=False):
             grid = tuner.fit()
-        except KeyboardInterrupt:
-            exp.write_run(status="stopped", end=now_iso(), error="interrupted by the user; continue with --resume")
-            raise
-        return finish(exp, cfg, spec, grid, plan.rows)
-    except BaseException as e:
-        if exp.read_run().get("status") == "running":
-            exp.write_run(status="failed", end=now_iso(), error=f"{type(e).__name__}: {e}")
-        raise
+            return finish(exp, cfg, spec, grid, plan.rows)
     finally:
         if started:
             import ray
