@@ -193,7 +193,8 @@ def main() -> None:
         print(f"browser, navigation to /run/large until the gate figure and heat map are drawn: {med(b['page']):.2f} s "
               f"(target < 2 s; min {min(b['page']):.2f}, max {max(b['page']):.2f})")
         print(f"  the same page for a 200-step run: {med(b['page_small']):.2f} s (ratio large / small "
-              f"{med(b['page']) / med(b['page_small']):.2f}; the difference, {med(b['page']) - med(b['page_small']):.2f} s, "
+              f"{med(b['page']) / med(b['page_small']):.2f}; the difference, "
+              f"{med(b['page']) - med(b['page_small']):.2f} s, "
               f"is what 100 000 steps add)")
         print(f"  Plotly drawing the gate figure: down-sampled {med(b['plot_down']):.3f} s, full "
               f"{med(b['plot_full']):.3f} s (ratio {med(b['plot_down']) / med(b['plot_full']):.2f})")

@@ -130,7 +130,8 @@ def main() -> None:
         ray.shutdown()
 
     base = rows[0]
-    print(f"global batch {args.batch} x {args.size}^2, U-Net {args.channels} enhancer ({base['params_e']:,} parameters), "
+    print(f"global batch {args.batch} x {args.size}^2, U-Net {args.channels} enhancer "
+          f"({base['params_e']:,} parameters), "
           f"ResNet recognizer ({base['params_r']:,}), {'GPU' if args.gpus_per_worker else 'CPU'}, "
           f"median of {args.repeats}")
     print(f"{'workers':>7} {'GradProm samples/s':>19} {'DDP samples/s':>14} {'GradProm/DDP time':>18} "

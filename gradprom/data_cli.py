@@ -18,7 +18,8 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("convert", help="convert a source into a store (created, or appended to as a new site)",
                        description="Convert SRC into the store OUT. A second conversion into the same OUT adds its "
-                                   "site and keeps what is there; nothing is published unless the whole source converts.")
+                                   "site and keeps what is there; nothing is published unless the whole source "
+                                   "converts.")
     p.add_argument("src", metavar="SRC", help="a MedMNIST .npz, an image folder with labels.csv, or DICOM file(s)")
     p.add_argument("out", metavar="OUT", help="the store directory (new, or an existing store to add to)")
     p.add_argument("--format", default="auto", choices=["auto", "medmnist", "folder", "dicom"])
@@ -111,8 +112,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         con.print(t)
     for f in rep.findings:
         # soft wrap: one finding per line, whole, so it can be grepped and logged
-        con.print(f"[{'red' if f.level == 'error' else 'yellow'}]{f.level}[/] ({f.kind}) {escape(f.message)}", highlight=False,
-                  soft_wrap=True, markup=True)
+        con.print(f"[{'red' if f.level == 'error' else 'yellow'}]{f.level}[/] ({f.kind}) {escape(f.message)}",
+                  highlight=False, soft_wrap=True, markup=True)
     for (level, kind), n in sorted(rep.counts.items()):
         if n > 5:
             con.print(f"... and {n - 5} more {level}s of kind {kind}")

@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/system-deps.sh
+# the tree must stay ruff-clean (pyproject.toml [tool.ruff]); lint first, it takes a second
+.venv/bin/ruff check gradprom tests benchmarks
 exec .venv/bin/python -m pytest "$@"

@@ -1,4 +1,5 @@
-"""A private Ray head for the tests (Tune's cluster tests, the dashboard's Ray view): free ports, its own short temp dir, stopped by its own processes.
+"""A private Ray head for the tests (Tune's cluster tests, the dashboard's Ray view): free ports, its own short temp
+dir, stopped by its own processes.
 
 `ray stop` would stop every Ray instance on the machine, so the tests never call it: the head's processes are
 found by the test's unique temp dir in their command lines and terminated by PID.

@@ -3,8 +3,9 @@
 Each CLI call costs ~5 s (imports of torch and MONAI, and torch._dynamo, which the first Adam pulls in)
 before it trains anything, so the module starts every run it needs up front, a few at a time in background
 threads (`RunPool`), and each test waits only for the runs it reads. To save one process, run B of the
-resume test is started from run A's saved config.yaml, which is also the `--config` re-run test. The runs are tiny (32 phantoms of 32x32 px, 2 steps per epoch, 2-level networks) and use one
-torch thread each, so two of them share a 2-core machine well and their numbers are exactly reproducible.
+resume test is started from run A's saved config.yaml, which is also the `--config` re-run test. The runs are tiny
+(32 phantoms of 32x32 px, 2 steps per epoch, 2-level networks) and use one torch thread each, so two of them share a
+2-core machine well and their numbers are exactly reproducible.
 """
 
 from __future__ import annotations

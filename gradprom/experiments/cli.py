@@ -21,7 +21,8 @@ def register(sub) -> None:
                    help="quick: <= 30 min on 2 CPU cores (default); paper: full size, for a GPU")
     p.add_argument("--data", default="phantoms", help="phantoms (default) or a dataset the engine reads (.npz)")
     p.add_argument("--out", default="experiments/grid", help="output directory (default: experiments/grid)")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}")
+    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                   help=f"comma-separated, from {', '.join(STRATEGIES)}")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: classification,segmentation")
     p.add_argument("--degradations", default=",".join(DEGRADATIONS),
                    help=f"comma-separated, from {', '.join(f'{k} ({v})' for k, v in DEGRADATIONS.items())}")

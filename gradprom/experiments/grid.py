@@ -101,7 +101,8 @@ class GridSpec:
         from gradprom.platform.errors import ConfigError
 
         for axis, names, known in (("strategy", self.strategies, STRATEGIES), ("task", self.tasks, TASKS),
-                                   ("degradation", self.degradations, DEGRADATIONS), ("preset", [self.preset], PRESETS)):
+                                   ("degradation", self.degradations, DEGRADATIONS),
+                                   ("preset", [self.preset], PRESETS)):
             bad = [n for n in names if n not in known]
             if bad or not names:
                 raise ConfigError(f"experiment {axis}: got {bad or names}; choose from {', '.join(known)}.")

@@ -63,10 +63,12 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
     seeds = sorted({r["seed"] for r in rows})
     p = PRESETS[spec.preset]
     lines = ["# GradProm evidence report", "",
-             f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by `{command or 'gradprom experiment'}`.", "",
+             f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} "
+             f"by `{command or 'gradprom experiment'}`.", "",
              f"- Preset **{spec.preset}**: images {p.image_size}² (phantoms), {p.num_train} train / {p.num_test} test "
              f"images, {p.epochs} epochs, batch {p.batch_size}, U-Net enhancer {list(p.enhancer_channels)}, "
-             f"seeds {seeds}." if spec.data == "phantoms" else f"- Preset **{spec.preset}**, data `{spec.data}`, seeds {seeds}.",
+             f"seeds {seeds}."
+             if spec.data == "phantoms" else f"- Preset **{spec.preset}**, data `{spec.data}`, seeds {seeds}.",
              f"- Loss weights, the same for every strategy of a cell: λ_e = 1, λ_r = "
              f"{', '.join(f'{v:g} ({k})' for k, v in p.lambda_r if k in spec.tasks)}.",
              f"- Strategies: {', '.join(spec.strategies)}. Tasks: {', '.join(spec.tasks)}. "
@@ -88,15 +90,19 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
             if not sub:
                 continue
             lines += [f"## {task} · {deg}", "",
-                      f"| strategy | PSNR (dB) | SSIM | {metric} (joint R) | {metric} (frozen R) | gate-open rate | mean cos |",
+                      f"| strategy | PSNR (dB) | SSIM | {metric} (joint R) | {metric} (frozen R) | "
+                      f"gate-open rate | mean cos |",
                       "|---|---|---|---|---|---|---|"]
             for name in (*REFERENCES, *spec.strategies):
                 rs = _select(sub, strategy=name)
                 if not rs:
                     continue
-                lines.append(f"| {name} | {_ms([r['psnr'] for r in rs], '.2f')} | {_ms([r['ssim'] for r in rs], '.3f')} | "
-                             f"{_ms([r.get('task_joint') for r in rs], '.3f')} | {_ms([r['task_frozen'] for r in rs], '.3f')} | "
-                             f"{_ms([r.get('gate_open_rate') for r in rs], '.2f')} | {_ms([r.get('mean_cos') for r in rs], '+.3f')} |")
+                lines.append(f"| {name} | {_ms([r['psnr'] for r in rs], '.2f')} | "
+                             f"{_ms([r['ssim'] for r in rs], '.3f')} | "
+                             f"{_ms([r.get('task_joint') for r in rs], '.3f')} | "
+                             f"{_ms([r['task_frozen'] for r in rs], '.3f')} | "
+                             f"{_ms([r.get('gate_open_rate') for r in rs], '.2f')} | "
+                             f"{_ms([r.get('mean_cos') for r in rs], '+.3f')} |")
             lines.append("")
             tests = {}
             if GRADPROM in spec.strategies:
@@ -116,7 +122,8 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
             conflict_rows.append(c)
             gate_png = _gate_figure(figs, runs, spec, task, deg, seeds[0])
             sample_png = _samples_figure(figs, runs, spec, task, deg, seeds[0])
-            lines += [f"![gate behaviour]({gate_png.relative_to(rdir)})", "", f"![samples]({sample_png.relative_to(rdir)})", ""]
+            lines += [f"![gate behaviour]({gate_png.relative_to(rdir)})", "",
+                      f"![samples]({sample_png.relative_to(rdir)})", ""]
             conclusions += _conclude(task, deg, metric, tests, c)
 
     lines += ["## Does the data carry a conflict?", "",
@@ -125,7 +132,8 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
                           "| task | degradation | joint − enhance_only PSNR (dB) | p | steps with cos(g_e, g_r) < 0 |",
                           "|---|---|---|---|---|"]
     for c in conflict_rows:
-        d = "– (needs joint and enhance_only)" if not np.isfinite(c["joint_minus_eo"]) else f"{c['joint_minus_eo']:+.3f}"
+        d = ("– (needs joint and enhance_only)" if not np.isfinite(c["joint_minus_eo"])
+             else f"{c['joint_minus_eo']:+.3f}")
         share = "–" if not np.isfinite(c["neg_share"]) else f"{c['neg_share']:.0%}"
         lines.append(f"| {c['task']} | {c['degradation']} | {d} | {_p(c['p'])} | {share} |")
     lines += ["", "## Conclusions", "", *[f"- {s}" for s in conclusions], ""]
@@ -148,12 +156,14 @@ def _conclude(task: str, deg: str, metric: str, tests: dict, conflict: dict) -> 
     d = conflict["joint_minus_eo"]
     if np.isfinite(d):
         if d < -QUALITY_MARGIN_DB and conflict["p"] < 0.05:
-            out.append(f"{where}: joint training lowers PSNR by {-d:.2f} dB against enhance-only (p {_p(conflict['p'])}); "
-                       f"cos(g_e, g_r) < 0 on {conflict['neg_share']:.0%} of steps: the task does pull against quality here.")
+            out.append(f"{where}: joint training lowers PSNR by {-d:.2f} dB against enhance-only "
+                       f"(p {_p(conflict['p'])}); cos(g_e, g_r) < 0 on {conflict['neg_share']:.0%} of steps: "
+                       f"the task does pull against quality here.")
         else:
             out.append(f"{where}: joint training does not lower PSNR by more than {QUALITY_MARGIN_DB} dB against "
                        f"enhance-only (Δ {d:+.2f} dB, p {_p(conflict['p'])}), although cos(g_e, g_r) < 0 on "
-                       f"{conflict['neg_share']:.0%} of steps: there is little quality conflict for a gate to resolve here.")
+                       f"{conflict['neg_share']:.0%} of steps: there is little quality conflict for a gate to "
+                       f"resolve here.")
     eo = tests.get("enhance_only")
     if eo:
         dq, pq_ = eo["psnr"]["mean_diff"], eo["psnr"]["p"]

@@ -115,7 +115,8 @@ def build_federation(data: dict[str, Any] | None = None, source: str = "defaults
     try:
         fed = FedConfig.model_validate(fed_raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, FedConfig).replace("config field `", "config field `federated.")
+        raise ConfigError(format_validation_error(err, source, FedConfig)
+                          .replace("config field `", "config field `federated.")
                           .replace("(did you mean `", "(did you mean `federated.")
                           ) from None
     if fed.gate_level == "server" and cfg.gradprom.gate_space != "parameter":

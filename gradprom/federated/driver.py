@@ -122,9 +122,10 @@ class FederationRun:
         for s in sites:
             if s["error"]:
                 log.error("%s", s["error"])
-        header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau, **cfg.gate_variant,
-                      data=cfg.data.source, hospitals=fed.hospitals, rounds=fed.rounds, fl_strategy=fed.strategy,
-                      gate_level=fed.gate_level, local_steps=fed.local_steps, versions=versions())
+        header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
+                      **cfg.gate_variant, data=cfg.data.source, hospitals=fed.hospitals, rounds=fed.rounds,
+                      fl_strategy=fed.strategy, gate_level=fed.gate_level, local_steps=fed.local_steps,
+                      versions=versions())
         saved = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": None})})
         return self.life.running("federated", header, save=lambda path: save_federation(saved, fed, path))
 

@@ -24,7 +24,8 @@ def export_sites(cfg: Config, fed: FedConfig, out: Path) -> list[Path]:
         site = load_site(cfg, fed, k)
         arrays: dict[str, np.ndarray] = {}
         for split, data in (("train", site.train), ("val", site.val), ("test", site.val)):
-            arrays[f"{split}_images"] = data.images[:, 0] if data.images.shape[1] == 1 else np.moveaxis(data.images, 1, -1)
+            arrays[f"{split}_images"] = (data.images[:, 0] if data.images.shape[1] == 1
+                                         else np.moveaxis(data.images, 1, -1))
             if data.labels is not None:
                 arrays[f"{split}_labels"] = data.labels
             if data.masks is not None:

@@ -51,7 +51,8 @@ class ServerGate:
         return self.decision.update - self.mean_ge
 
 
-def weighted_pair(pairs: list[tuple[np.ndarray, np.ndarray]], weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_pair(pairs: list[tuple[np.ndarray, np.ndarray]],
+                  weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample-weighted means of the sites' (A_e, A_r)."""
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
@@ -73,7 +74,8 @@ def apply_to_weights(start: torch.Tensor, averaged: torch.Tensor, gate: ServerGa
     return averaged - s * gate.task_part
 
 
-def make_server_gate(cfg: Config, models: Models, gate_log: dict[int, tuple[float, float]]) -> Callable[..., ArrayRecord]:
+def make_server_gate(cfg: Config, models: Models,
+                     gate_log: dict[int, tuple[float, float]]) -> Callable[..., ArrayRecord]:
     """The strategy's `server_gate` hook: (round, start, aggregate, [(A_e, A_r)], weights) -> the gated global
     model; it records (gate open, cos) per round in `gate_log`. It sees only the aggregate and the pairs the
     strategy hands it."""

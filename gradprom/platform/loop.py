@@ -64,9 +64,9 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
     state = load_checkpoint(latest, map_location=device) if resume and latest.is_file() else None
     runner.resume(state, latest)
 
-    header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau, **cfg.gate_variant,
-                  data=cfg.data.source, degradation=str(degradation), holdout=HOLDOUT_RULE, device=str(device),
-                  versions=versions())
+    header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
+                  **cfg.gate_variant, data=cfg.data.source, degradation=str(degradation), holdout=HOLDOUT_RULE,
+                  device=str(device), versions=versions())
     with life.running(kind, header, save=lambda path: save_config(saved_config(cfg), path)):
         for epoch in runner.epochs():
             # --- train one epoch ------------------------------------------------------------------------

@@ -113,7 +113,8 @@ def print_summary(exp: Path, info: dict[str, Any]) -> int:
           f"of {info['num_trials']}")
     if info.get("best_trial"):
         vals = "  ".join(f"{k} {v:.4f}" for k, v in info["best"].items())
-        params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info["best_config"].items())
+        params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in info["best_config"].items())
         print(f"best trial {info['best_trial']}: {vals}  ({params})")
         print(f"train it: gradprom train --config {exp / 'best' / 'best.yaml'}")
     if info.get("pareto_trials"):

@@ -99,7 +99,8 @@ def write_tune(path: Path, trials: int = 4, epochs: int = 3, seed: int = 1) -> P
     done = [r for r in finals.values() if r["status"] == "TERMINATED"]
     front = [r for r in done if not any(o["psnr"] >= r["psnr"] and o["accuracy"] >= r["accuracy"] and o is not r
                                         and (o["psnr"] > r["psnr"] or o["accuracy"] > r["accuracy"]) for o in done)]
-    _write(path / "pareto.parquet", [{"trial_id": r["trial_id"], **{k: v for k, v in r.items() if k.startswith("config/")},
+    _write(path / "pareto.parquet", [{"trial_id": r["trial_id"],
+                                      **{k: v for k, v in r.items() if k.startswith("config/")},
                                       "psnr": r["psnr"], "accuracy": r["accuracy"]} for r in front])
     best = max(done, key=lambda r: r["psnr"])
     (path / "best").mkdir(exist_ok=True)

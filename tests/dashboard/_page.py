@@ -6,7 +6,9 @@ from typing import Any
 
 _ROWS_JS = """id => Array.from(document.querySelectorAll('#' + CSS.escape(id) + ' tbody tr')).map(tr => {
   const o = {};
-  tr.querySelectorAll('td[data-dash-column]').forEach(td => { o[td.getAttribute('data-dash-column')] = td.innerText.trim(); });
+  tr.querySelectorAll('td[data-dash-column]').forEach(td => {
+    o[td.getAttribute('data-dash-column')] = td.innerText.trim();
+  });
   return o;
 }).filter(o => Object.keys(o).length > 0)"""
 

@@ -102,7 +102,8 @@ def test_run_view_curves_gate_heatmap_samples(dashboard, page, runs_root, name):
     assert summary["status"] == "finished" and summary["steps"] == str(len(steps))
 
     curves = wait_figure(page, "run-curves", "f.data.length > 4")
-    assert [shown(y) for y in trace(curves, "val psnr")["y"]] == [shown(r["psnr"]) for r in epochs if r["split"] == "val"]
+    assert [shown(y) for y in trace(curves, "val psnr")["y"]] == [shown(r["psnr"]) for r in epochs
+                                                                   if r["split"] == "val"]
     gate = wait_figure(page, "run-gate", "f.data.some(t => t.name === 'cos')")
     cos = trace(gate, "cos")
     assert cos["x"] == [r["step"] for r in steps]

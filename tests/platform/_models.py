@@ -17,7 +17,8 @@ def tiny(task: str = "classification", seed: int = 0, device: str | torch.device
     """(E, R, x_lq, x_hq, y) with small random weights and data."""
     torch.manual_seed(seed)
     E = build_enhancer("unet", 1, scale, [4, 8]).to(device)
-    R = build_recognizer("resnet" if task == "classification" else "unet", task, 1, classes, [4, 8], norm=norm).to(device)
+    R = build_recognizer("resnet" if task == "classification" else "unet", task, 1, classes, [4, 8],
+                         norm=norm).to(device)
     g = torch.Generator().manual_seed(seed + 1)
     x_hq = torch.rand(batch, 1, size, size, generator=g)
     x_lq = x_hq + 0.1 * torch.randn(x_hq.shape, generator=g)

@@ -104,7 +104,8 @@ def test_grid_preset_names_expand_into_the_fields_they_stand_for(preset, fields)
     ({"gradprom": {"moments": "separate", "gate_space": "output"}}, ["moments: separate", "gate_space: parameter"]),
     ({"gradprom": {"gate_metric": "preconditioned"}, "optim": {"optimizer": "sgd"}}, ["gate_metric", "adam"]),
     ({"optim": {"momentum": 0.9}}, ["optim.momentum", "sgd"]),
-    ({"gradprom": {"scale": "match", "scale_granularity": "layer"}}, ["scale_granularity: layer", "granularity: layer"]),
+    ({"gradprom": {"scale": "match", "scale_granularity": "layer"}},
+     ["scale_granularity: layer", "granularity: layer"]),
     ({"optim": {"optimizer": "lion"}}, ["optim.optimizer", "'lion'"]),
     ({"gradprom": {"scale": "double"}}, ["gradprom.scale", "'double'", "'match'"]),
 ])

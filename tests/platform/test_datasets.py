@@ -70,7 +70,8 @@ def test_uint8_extremes_scale_to_zero_and_one(tmp_path):
     imgs = np.zeros((4, 16, 16), np.uint8)
     imgs[0] = 255
     p = write_npz(tmp_path / "x.npz", train_images=imgs, train_labels=np.array([0, 1, 0, 1]),
-                  val_images=imgs, val_labels=np.array([0, 1, 0, 1]), test_images=imgs, test_labels=np.array([0, 1, 0, 1]))
+                  val_images=imgs, val_labels=np.array([0, 1, 0, 1]),
+                  test_images=imgs, test_labels=np.array([0, 1, 0, 1]))
     sets, _ = load_npz(p, "classification")
     assert sets["train"].images[0].min() == 1.0 and sets["train"].images[1].max() == 0.0
 

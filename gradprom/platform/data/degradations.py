@@ -148,13 +148,14 @@ def parse_degradation(spec: str) -> Degradation:
             key = key.strip()
             allowed = {"gaussian": ["sigma"], "poisson": ["dose"], "blur": ["sigma"], "downsample": ["factor"]}[name]
             if not eq or key not in allowed:
-                raise ConfigError(f"{where}: got {spec!r}; step {name!r} takes {', '.join(f'{a}=<value>' for a in allowed)},"
-                                  f" found {kv!r}.")
+                raise ConfigError(f"{where}: got {spec!r}; step {name!r} takes "
+                                  f"{', '.join(f'{a}=<value>' for a in allowed)}, found {kv!r}.")
             typ, lo, hi, incl = _LIMITS[key]
             try:
                 v = typ(float(val)) if typ is int and float(val).is_integer() else typ(val)
             except ValueError:
-                raise ConfigError(f"{where}: got {spec!r}; {name}:{key} must be a {typ.__name__}, found {val!r}.") from None
+                raise ConfigError(f"{where}: got {spec!r}; {name}:{key} must be a {typ.__name__}, "
+                                  f"found {val!r}.") from None
             if key == "factor" and v not in (2, 4):
                 raise ConfigError(f"{where}: got {spec!r}; downsample:factor must be 2 or 4, found {v}.")
             if not ((v >= lo if incl else v > lo) and v <= hi):

@@ -25,14 +25,17 @@ def load_folder_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
         if cfg.data.sites is None or site in cfg.data.sites:
             rows[rule(fitter(s))].append((s, site))
     if cfg.data.sites is not None and not any(rows.values()):
-        raise DataError(f"Image folder {str(src)!r} has no images of sites {cfg.data.sites} (config field `data.sites`).")
+        raise DataError(f"Image folder {str(src)!r} has no images of sites {cfg.data.sites} "
+                        f"(config field `data.sites`).")
     sets: dict[str, ImageSet] = {}
     for split, items in rows.items():
         if not items:
             continue
-        images = np.stack([np.divide(s.image, np.float32(SCALE[s.image.dtype.name]), dtype=np.float32) for s, _ in items])
+        images = np.stack([np.divide(s.image, np.float32(SCALE[s.image.dtype.name]), dtype=np.float32)
+                           for s, _ in items])
         labels = np.array([s.label for s, _ in items], np.int64) if all(s.label is not None for s, _ in items) else None
-        masks = np.stack([s.mask for s, _ in items]).astype(np.int64) if all(s.mask is not None for s, _ in items) else None
+        masks = (np.stack([s.mask for s, _ in items]).astype(np.int64)
+                 if all(s.mask is not None for s, _ in items) else None)
         sets[split] = ImageSet(images, labels, masks, np.array([site for _, site in items]))
     for split in ("train", "test"):
         if split not in sets:
@@ -43,7 +46,8 @@ def load_folder_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
     c, h, w = sets["train"].images.shape[1:]
     k = int(max(d.labels.max() for d in sets.values() if d.labels is not None)) + 1 if all(
         d.labels is not None for d in sets.values()) else 0
-    seg = max(int(max(d.masks.max() for d in sets.values())) + 1, 2) if all(d.masks is not None for d in sets.values()) else 0
+    seg = max(int(max(d.masks.max() for d in sets.values())) + 1, 2) if all(
+        d.masks is not None for d in sets.values()) else 0
     if cfg.task == "classification" and k < 2:
         raise DataError(f"Image folder {str(src)!r}: classification needs labels of at least two classes.")
     return sets, DataInfo(c, (h, w), k, seg if cfg.task == "segmentation" else 0, str(src))

@@ -39,7 +39,8 @@ def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_npz(path: str | Path, task: str, val_fraction: float = 0.1, seed: int = 0) -> tuple[dict[str, ImageSet], DataInfo]:
+def load_npz(path: str | Path, task: str, val_fraction: float = 0.1,
+             seed: int = 0) -> tuple[dict[str, ImageSet], DataInfo]:
     """Read a MedMNIST-style .npz into train/val/test ImageSets, validating every array."""
     p = Path(path)
     arrays = read_npz_arrays(p)

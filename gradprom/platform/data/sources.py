@@ -54,7 +54,8 @@ def check_labels_fit(sets: dict[str, ImageSet], info: DataInfo, task: str) -> No
     for split, d in sets.items():
         arr = d.labels if task == "classification" else d.masks
         if arr is not None and arr.size and int(arr.max()) >= k:
-            raise DataError(f"{info.source}: the {split} split has {'label' if task == 'classification' else 'mask value'} "
+            raise DataError(f"{info.source}: the {split} split has "
+                            f"{'label' if task == 'classification' else 'mask value'} "
                             f"{int(arr.max())}, outside 0..{k - 1}.")
 
 

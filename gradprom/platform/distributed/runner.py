@@ -111,8 +111,8 @@ def train_on_ray(cfg: Config, *, resume: bool = False, run_path: str | Path | No
 
         # --- 3) the run directory, then Ray Train --------------------------------------------------------------
         use_gpu = d.gpus_per_worker > 0
-        header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau, **cfg.gate_variant,
-                      data=cfg.data.source, degradation=str(degradation), holdout=HOLDOUT_RULE,
+        header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
+                      **cfg.gate_variant, data=cfg.data.source, degradation=str(degradation), holdout=HOLDOUT_RULE,
                       device=f"{'cuda (nccl)' if use_gpu else 'cpu (gloo)'} x {d.workers} workers",
                       workers=d.workers, address=d.address or "local", versions={**versions(), "ray": ray.__version__})
         with life.running("ray-train", header, save=lambda path: save_config(saved_config(cfg), path)):

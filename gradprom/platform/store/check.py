@@ -83,8 +83,8 @@ def check_store(path: str | Path) -> CheckReport:
     seen: dict[str, tuple[str, str, str]] = {}  # hash -> (split, site, source) of its first row
     for part in store.parts:
         if not part.path.startswith(f"site={part.site}/split={part.split}/"):
-            rep.add("error", "partition", f"{part.path}: listed as site {part.site!r}, split {part.split!r}, but stored "
-                                          f"outside site={part.site}/split={part.split}/.")
+            rep.add("error", "partition", f"{part.path}: listed as site {part.site!r}, split {part.split!r}, "
+                                          f"but stored outside site={part.site}/split={part.split}/.")
         try:
             groups = store.row_groups([part])
         except DataError as e:
@@ -130,7 +130,8 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
             if not np.isfinite(pix).all():
                 rep.add("error", "nan", f"{where}: {int((~np.isfinite(pix)).sum())} NaN/Inf pixels; expected finite.")
             elif pix.size and (pix.min() < 0 or pix.max() > 1):
-                rep.add("error", "range", f"{where}: float pixels in [{pix.min():.4g}, {pix.max():.4g}]; expected [0, 1].")
+                rep.add("error", "range", f"{where}: float pixels in [{pix.min():.4g}, {pix.max():.4g}]; "
+                                          f"expected [0, 1].")
         digest = content_hash(pix)
         if cols["hash"][i] != digest:
             rep.add("error", "hash", f"{where}: stored hash {cols['hash'][i]!r} does not match its pixels; the row "

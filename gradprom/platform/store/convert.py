@@ -64,8 +64,8 @@ def convert(src: str | Path, out: str | Path, *, fmt: str = "auto", site: str | 
     with StoreWriter(out, default_site or _site_name(src), provenance) as writer:
         if writer.shape is not None:
             fitter.shape, fitter.first = writer.shape, f"the store {str(out)!r}"
-        bar = tqdm(reader, total=reader.total, desc=f"converting {src.name}", unit="img", disable=None if progress else True,
-                   dynamic_ncols=True)
+        bar = tqdm(reader, total=reader.total, desc=f"converting {src.name}", unit="img",
+                   disable=None if progress else True, dynamic_ncols=True)
         for s in bar:
             s = fitter(s)
             if num_classes is not None and s.label is not None and s.label >= num_classes:

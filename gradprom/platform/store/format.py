@@ -87,7 +87,8 @@ def schema_problem(found: pa.Schema) -> str | None:
     missing = [n for n in want if n not in have]
     wrong = [f"{n} is {have[n]} (expected {want[n]})" for n in want if n in have and have[n] != want[n]]
     extra = [n for n in have if n not in want]
-    problems = ([f"missing columns {missing}"] if missing else []) + wrong + ([f"unexpected columns {extra}"] if extra else [])
+    problems = (([f"missing columns {missing}"] if missing else []) + wrong
+                + ([f"unexpected columns {extra}"] if extra else []))
     return "; ".join(problems) or None
 
 
@@ -223,7 +224,8 @@ def _binary_values(col: pa.ChunkedArray | pa.Array, row_bytes: int, where: str) 
     return data[offsets[0]:offsets[0] + n * row_bytes].reshape(n, row_bytes)
 
 
-def decode_images(table: pa.Table, shape: tuple[int, int, int], where: str, out: np.ndarray | None = None) -> np.ndarray:
+def decode_images(table: pa.Table, shape: tuple[int, int, int], where: str,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Rows -> (n, C, H, W) float32 in [0, 1] (written into `out` when given)."""
     c, h, w = shape
     n = table.num_rows

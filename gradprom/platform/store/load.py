@@ -110,7 +110,8 @@ def use_streaming(cfg: Config, store: Store) -> bool:
     return False
 
 
-def streaming_datasets(cfg: Config, degradation: Degradation) -> tuple[dict[str, StreamingEnhancementDataset], DataInfo] | None:
+def streaming_datasets(cfg: Config,
+                       degradation: Degradation) -> tuple[dict[str, StreamingEnhancementDataset], DataInfo] | None:
     """Streaming datasets of the three splits when `data.source` is a store to stream; else None."""
     src = cfg.data.source
     if src == "phantoms" or not is_store(src):

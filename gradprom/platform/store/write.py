@@ -171,7 +171,8 @@ class StoreWriter:
         elif shape != self.shape:
             raise DataError(f"{s.source}: image of shape (C, H, W) = {shape}, but the store {str(self.path)!r} holds "
                             f"{self.shape}; a store holds one shape: pass --size {self.shape[1]} {self.shape[2]} "
-                            f"(with --resize or --crop){' and convert RGB separately' if shape[0] != self.shape[0] else ''}.")
+                            f"(with --resize or --crop)"
+                            f"{' and convert RGB separately' if shape[0] != self.shape[0] else ''}.")
         key = (site, split)
         w = self.open.get(key)
         if w is None or w.bytes >= PART_BYTES:
@@ -188,7 +189,8 @@ class StoreWriter:
             w = self.open[key] = _PartWriter(self.path, site, split, f"part-{self.id}-{n:04d}.parquet")
         mask_max = None if s.mask is None else int(s.mask.max()) if s.mask.size else 0
         row = {"image": s.image.tobytes(), "dtype": s.image.dtype.name, "channels": shape[0], "height": shape[1],
-               "width": shape[2], "label": s.label, "mask": None if s.mask is None else s.mask.astype(np.uint8).tobytes(),
+               "width": shape[2], "label": s.label,
+               "mask": None if s.mask is None else s.mask.astype(np.uint8).tobytes(),
                "source": s.source, "hash": content_hash(s.image)}
         w.add(row, s.label, mask_max)
 

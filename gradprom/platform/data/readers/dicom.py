@@ -57,7 +57,8 @@ def _read(path: Path, header_only: bool) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
     except InvalidDicomError as e:
-        raise DataError(f"DICOM file {str(path)!r} is not a DICOM file ({e}); remove it from the folder or fix it.") from None
+        raise DataError(f"DICOM file {str(path)!r} is not a DICOM file ({e}); remove it from the folder "
+                        f"or fix it.") from None
     except Exception as e:  # truncated or damaged headers raise many kinds of errors
         raise DataError(f"DICOM file {str(path)!r} could not be read ({type(e).__name__}: {e}); it may be "
                         f"truncated or damaged.") from None
@@ -94,7 +95,8 @@ class DicomReader:
         self.root = Path(path)
         self.opts = options or ReadOptions()
         if self.opts.axis not in (0, 1, 2):
-            raise DataError(f"DICOM slicing axis {self.opts.axis}; expected 0 (frames/slices), 1 (rows) or 2 (columns).")
+            raise DataError(f"DICOM slicing axis {self.opts.axis}; expected 0 (frames/slices), 1 (rows) "
+                            f"or 2 (columns).")
         if self.opts.window is not None and not self.opts.window[1] > 0:
             raise DataError(f"DICOM window width {self.opts.window[1]}; expected a width > 0.")
         if self.root.is_file():

@@ -68,7 +68,8 @@ def read_mask_file(path: Path, shape: tuple[int, int], where: str) -> np.ndarray
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{where}: mask {str(path)!r} is not a readable image ({type(e).__name__}: {e}).") from None
     if arr.ndim != 2:
-        raise DataError(f"{where}: mask {str(path)!r} has shape {arr.shape}; expected a one-channel image of class ids.")
+        raise DataError(f"{where}: mask {str(path)!r} has shape {arr.shape}; expected a one-channel image "
+                        f"of class ids.")
     return check_mask(arr, shape, f"{where}: mask {str(path)!r}")
 
 

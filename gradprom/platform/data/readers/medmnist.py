@@ -1,5 +1,6 @@
-"""MedMNIST `.npz` reader: the arrays are validated exactly as `data/npz.load_npz` does (data/validate.py), then stored as they
-are (uint8/uint16 kept; floats in [0, 1] as float32), one Sample per image, split by the file's own keys."""
+"""MedMNIST `.npz` reader: the arrays are validated exactly as `data/npz.load_npz` does (data/validate.py), then
+stored as they are (uint8/uint16 kept; floats in [0, 1] as float32), one Sample per image, split by the file's own
+keys."""
 
 from __future__ import annotations
 

@@ -41,8 +41,8 @@ class SplitRule:
             except ValueError:
                 fr = ()
             if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
-                raise ConfigError(f"--split-by {text!r}: random needs three fractions train,val,test >= 0 summing to 1, "
-                                  f"e.g. random:0.8,0.1,0.1.")
+                raise ConfigError(f"--split-by {text!r}: random needs three fractions train,val,test >= 0 "
+                                  f"summing to 1, e.g. random:0.8,0.1,0.1.")
             return cls("random", fractions=fr, seed=seed)  # type: ignore[arg-type]
         raise ConfigError(f"--split-by {text!r}; expected auto, source, random[:T,V,S], train, val or test.")
 
