@@ -21,7 +21,7 @@ import yaml
 log = logging.getLogger(__name__)
 
 # what a run directory keeps beside its nested runs (a Tune experiment's trials/): never searched for runs
-_NOT_RUNS = {"steps", "checkpoints", "figures", "best", "ray", "tune", "report", "__pycache__"}
+NOT_RUNS = {"steps", "checkpoints", "figures", "best", "ray", "tune", "report", "__pycache__"}
 MAX_DEPTH = 4  # <runs>/<exp>/trials/<trial> is the deepest layout the platform writes
 
 
@@ -133,7 +133,7 @@ def find_runs(root: Path) -> list[Run]:
         except OSError:
             return
         for c in children:
-            if c.name.startswith(".") or (in_run and c.name in _NOT_RUNS):
+            if c.name.startswith(".") or (in_run and c.name in NOT_RUNS):
                 continue
             is_run = (c / "run.json").is_file()
             if is_run:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .discover import _NOT_RUNS, MAX_DEPTH, Run, load_run
+from .discover import MAX_DEPTH, NOT_RUNS, Run, load_run
 
 # the files a run's row is computed from; a change to any of them recomputes the row
 ROW_FILES = ("run.json", "config.yaml", "epochs.parquet", "trials.parquet", "sites.parquet")
@@ -158,7 +158,7 @@ class RunIndex:
 
         def walk(d: str, listing: _Listing, depth: int, in_run: bool, in_tune: bool) -> None:
             for name in listing.subdirs:
-                if (in_run and name in _NOT_RUNS) or (in_tune and name == TRIALS):
+                if (in_run and name in NOT_RUNS) or (in_tune and name == TRIALS):
                     continue  # a Tune experiment's trials are folded under it: its row and page speak for them
                 c = f"{d}/{name}"
                 listed.add(c)
