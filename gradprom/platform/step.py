@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,9 @@ from gradprom.platform.gradients import assign_flat_grad, enhancer_gradient_pair
 from gradprom.platform.losses import enhancement_loss, recognition_loss
 from gradprom.platform.magnitude import TaskScaler
 from gradprom.platform.strategies import ParamLayout, Strategy, cosine, make_strategy
+
+if TYPE_CHECKING:
+    from gradprom.platform.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,8 @@ class TrainStep:
         self.nonfinite_total = 0
 
     @classmethod
-    def from_config(cls, cfg, enhancer: nn.Module, recognizer: nn.Module, opt_e, opt_r,
+    def from_config(cls, cfg: Config, enhancer: nn.Module, recognizer: nn.Module, opt_e: torch.optim.Optimizer,
+                    opt_r: torch.optim.Optimizer | None,
                     reducer: Reducer | None = None, device: torch.device | None = None,
                     strategy: Callable[[Strategy], Strategy] | None = None) -> TrainStep:
         """Build the step from a Config (gradprom + optim sections).
