@@ -19,6 +19,10 @@ SERVED = {".png": "image/png", ".yaml": TEXT, ".yml": TEXT, ".json": "applicatio
           ".txt": TEXT}
 # active content (it can carry script): only ever a download, as opaque bytes
 DOWNLOAD_ONLY = {".svg", ".svgz", ".html", ".htm", ".xhtml", ".xml"}
+# exported models (`gradprom export`, written to <run>/exports/): downloads, and only from that folder (a
+# checkpoint elsewhere in the run is still refused)
+EXPORTS = "exports"
+EXPORTED = {".onnx", ".pt"}
 # no script, no plugin, no fetch, no frame; `sandbox` also gives the document an opaque origin
 POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
@@ -37,7 +41,8 @@ def register(server, root: Path) -> None:
             abort(405)
         target = safe_join(root, request.path[len(PREFIX):])
         suffix = target.suffix.lower() if target is not None else ""
-        if target is None or (suffix not in SERVED and suffix not in DOWNLOAD_ONLY):
+        exported = target is not None and suffix in EXPORTED and target.parent.name == EXPORTS
+        if target is None or (suffix not in SERVED and suffix not in DOWNLOAD_ONLY and not exported):
             abort(403)
         try:
             found = target.is_file()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .options import BLENDS, FORMATS
 
@@ -41,7 +42,8 @@ def register(subparsers) -> None:
                               "random and real inputs, with a sidecar FILE.json (run, preprocessing, versions).")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, metavar="FILE", help="e.g. enhancer.onnx or enhancer.pt")
+    p.add_argument("--out", metavar="FILE", help="the exported file (default: RUN_DIR/exports/enhancer.onnx or "
+                   ".pt, which the dashboard's run page links)")
     p.add_argument("--checkpoint", default="best", help="best | latest | a checkpoint path (default: best)")
     p.add_argument("--recognizer", action="store_true", help="also output the recognizer's logits")
     p.set_defaults(func=cmd_export)
@@ -87,7 +89,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .runs import load_run
 
     run = load_run(args.run, args.checkpoint, "cpu")
-    result = export_run(run, args.format, args.out, recognizer=args.recognizer)
+    out = args.out or Path(args.run) / "exports" / ("enhancer" + (".onnx" if args.format == "onnx" else ".pt"))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    result = export_run(run, args.format, out, recognizer=args.recognizer)
     for ch in result.checks:
         print(f"check {ch['input']} {tuple(ch['shape'])}: max abs diff vs PyTorch {ch['max_abs_diff']:.3g}")
     print(f"exported {result.file} ({args.format}, height/width {'dynamic' if result.dynamic else 'fixed'}); "

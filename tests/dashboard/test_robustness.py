@@ -55,6 +55,9 @@ def broken(real_run, tmp_path_factory):
     (root / "good" / "figures" / "evil.svg").write_text(EVIL_SVG)
     (root / "good" / "figures" / "evil.html").write_text("<script>alert('html-xss')</script>")
     (root / "good" / "figures" / "evil.png").write_text(EVIL_SVG)  # script in a file named like a figure
+    (root / "good" / "exports").mkdir()
+    (root / "good" / "exports" / "enhancer.onnx").write_bytes(b"onnx-bytes")  # what `gradprom export` writes
+    (root / "good" / "exports" / "enhancer.onnx.json").write_text('{"format": "onnx"}\n')
     d = Dashboard(root)
     yield d, root
     d.stop()
@@ -198,3 +201,21 @@ def test_the_log_is_one_line_without_an_access_log(broken):
     serving = [ln for ln in lines if "serving" in ln]
     assert serving == [f"gradprom dashboard: serving {d.runs.resolve()} at {d.url}/ (Ctrl+C to stop)"], lines
     assert not [ln for ln in lines if '"GET ' in ln or "Running on" in ln or "Serving Flask" in ln], lines
+
+
+def test_exported_models_are_linked_and_download_only_from_exports(broken):
+    from gradprom.dashboard.discover import get_run
+    from gradprom.dashboard.views.run import exports
+
+    d, root = broken
+    status, body = _get(d.port, "/files/good/exports/enhancer.onnx")
+    assert status == 200 and body == b"onnx-bytes"
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    conn.request("GET", "/files/good/exports/enhancer.onnx")
+    resp = conn.getresponse()
+    assert "attachment" in resp.getheader("Content-Disposition", "") and resp.getheader("Content-Security-Policy")
+    conn.close()
+    assert _get(d.port, "/files/good/checkpoints/latest.pt")[0] == 403  # checkpoints stay private
+    links = exports(get_run(root, "good"))
+    hrefs = [a.href for li in links.children[1].children for a in li.children if hasattr(a, "href")]
+    assert hrefs[0].startswith("/files/good/exports/enhancer.onnx") and "enhancer.onnx.json" in hrefs[1]

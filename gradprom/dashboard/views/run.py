@@ -193,6 +193,25 @@ def tau_of(run: Run) -> float | None:
     return num(g.get("tau", run.info.get("tau")))
 
 
+def exports(run: Run) -> html.Div | None:
+    """Links to the models `gradprom export` wrote into <run>/exports/ (each beside its sidecar JSON)."""
+    folder = run.path / "exports"
+    sidecars = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    items = []
+    for side in sidecars:
+        model = side.with_suffix("")  # enhancer.onnx.json -> enhancer.onnx
+        if not model.is_file():
+            continue
+        rel = f"exports/{model.name}"
+        items.append(html.Li([html.A(model.name, href=file_url(run.id, rel, model.stat().st_mtime_ns),
+                                     className="run-export"), " · ",
+                              html.A("sidecar (preprocessing, versions)",
+                                     href=file_url(run.id, f"exports/{side.name}", side.stat().st_mtime_ns))]))
+    if not items:
+        return None
+    return html.Div([html.H4("Exported models"), html.Ul(items)], id="run-exports")
+
+
 def render(run: Run) -> tuple:
     """Every output of the run page but the signature: tables, figures, samples, notices."""
     table, problems = read_table(run.path / "epochs.parquet")
@@ -204,7 +223,7 @@ def render(run: Run) -> tuple:
     return (summary_rows(run, steps.num_rows if steps is not None else None), epoch_table_rows(epochs), columns,
             curves_figure(epochs), gate_figure(steps, tau_of(run), epochs),
             heat if heat is not None else message_figure(""),
-            {"display": "block" if heat is not None else "none"}, samples(run),
+            {"display": "block" if heat is not None else "none"}, [samples(run), exports(run)],
             notice("run-notice", problems))
 
 
