@@ -5,7 +5,8 @@ schema or row count, or sits in the wrong site/split folder; a row whose shape o
 the store or its bytes, whose float pixels are NaN/Inf or outside [0, 1], whose hash does not match its pixels,
 whose label is missing, negative or outside 0..K-1 (K declared by --num-classes at conversion, else the
 manifest's range), or whose mask is malformed; the same image in train and in val/test (leakage).
-Warnings: duplicate images within a split, part files no manifest lists (an interrupted conversion), val/test
+Duplicate images within a split are errors too, unless the conversion that added them passed --allow-duplicates.
+Warnings: duplicates allowed that way, part files no manifest lists (an interrupted conversion), val/test
 classes that train lacks.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from gradprom.platform.data.validate import MAX_CLASSES, too_many_classes
 from gradprom.platform.errors import DataError
 from gradprom.platform.store.format import MANIFEST, SCALE, Store, content_hash
 
@@ -142,6 +144,8 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
             elif label < 0 or (k_max is not None and label >= k_max) or label > part.label_max:
                 top = k_max - 1 if k_max is not None else part.label_max
                 rep.add("error", "label", f"{where}: label {label} out of range; expected 0..{top}.")
+            elif label >= MAX_CLASSES:
+                rep.add("error", "label", str(too_many_classes(label, where)))
             else:
                 rep.classes[key][label] += 1
         if part.has_masks:
@@ -158,8 +162,18 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
         elif first[0] != part.split and "train" in (first[0], part.split):
             rep.add("error", "leakage", f"{where}: the same image is in {part.split} and in {first[0]} ({first[2]}, "
                                         f"site {first[1]}): train/test leakage.")
-        else:
-            rep.add("warning", "duplicate", f"{where}: duplicate of {first[2]} (site {first[1]}, split {first[0]}).")
+        else:  # an error unless the conversion that added it asked for copies (--allow-duplicates)
+            allowed = _allows_duplicates(store, part.convert)
+            rep.add("warning" if allowed else "error", "duplicate",
+                    f"{where}: duplicate of {first[2]} (site {first[1]}, split {first[0]})"
+                    + ("; added with --allow-duplicates." if allowed else "; the same image counted twice (convert "
+                       "without the repeated source, or with --allow-duplicates if the copies are meant)."))
+
+
+def _allows_duplicates(store: Store, convert: int) -> bool:
+    converts = store.manifest.get("converts", [])
+    opts = converts[convert].get("options", {}) if 0 <= convert < len(converts) else {}
+    return bool(isinstance(opts, dict) and opts.get("allow_duplicates"))
 
 
 def _check_classes(rep: CheckReport) -> None:
