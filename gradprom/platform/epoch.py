@@ -133,22 +133,24 @@ class EpochRunner:
         stats = EpochStats()
         bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}",
                    disable=None if self.progress else True, leave=False, dynamic_ncols=True)
-        for i, (x_lq, x_hq, y) in enumerate(batches):
-            if i >= n_steps:
-                break
-            res = self.step(x_lq, x_hq, y)
-            self.p.step += 1
+        try:
+            for i, (x_lq, x_hq, y) in enumerate(batches):
+                if i >= n_steps:
+                    break
+                res = self.step(x_lq, x_hq, y)
+                self.p.step += 1
+                if self.writer is not None:
+                    self.writer.append({"step": self.p.step, "epoch": epoch, **res.row(),
+                                        "time": time.monotonic() - self.t0})
+                stats.add(res)
+                if after_step is not None:
+                    after_step(res)
+                bar.update(1)
+                bar.set_postfix(loss_e=f"{res.loss_e:.4f}", loss_r=f"{res.loss_r:.3f}", cos=f"{res.cos:+.2f}")
+        finally:  # also when a step stops the run (TrainingError, Ctrl-C): the rows up to it are kept
+            bar.close()
             if self.writer is not None:
-                self.writer.append({"step": self.p.step, "epoch": epoch, **res.row(),
-                                    "time": time.monotonic() - self.t0})
-            stats.add(res)
-            if after_step is not None:
-                after_step(res)
-            bar.update(1)
-            bar.set_postfix(loss_e=f"{res.loss_e:.4f}", loss_r=f"{res.loss_r:.3f}", cos=f"{res.cos:+.2f}")
-        bar.close()
-        if self.writer is not None:
-            self.writer.flush()
+                self.writer.flush()
         return stats
 
     # ---- end of an epoch (chief) ---------------------------------------------------------------------------
