@@ -15,3 +15,10 @@ class DataError(GradPromError):
 
 class TrainingError(GradPromError):
     """Training cannot go on (e.g. too many non-finite steps in a row); the message names the step."""
+
+
+def cut(value: object, limit: int = 120) -> str:
+    """repr of a user's value for an error message, cut to `limit` characters (a CSV cell, a spec, a name can be
+    megabytes long; the message stays one readable paragraph)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

@@ -16,7 +16,7 @@ from gradprom.platform.data.folder import load_folder_splits
 from gradprom.platform.data.npz import load_npz
 from gradprom.platform.data.phantoms import SEG_CLASSES, make_phantoms
 from gradprom.platform.data.validate import MAX_CLASSES, too_many_classes
-from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.errors import ConfigError, DataError, cut
 from gradprom.platform.store.format import is_store
 from gradprom.platform.store.load import load_store_splits, streaming_datasets
 
@@ -56,12 +56,12 @@ def load_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
         return load_dir_splits(cfg)
     if cfg.data.sites is not None:
         raise ConfigError(f"config field `data.sites`: got {cfg.data.sites}; only a store or an image folder has "
-                          f"sites, but `data.source` is {src!r}.")
+                          f"sites, but `data.source` is {cut(src)}.")
     if src == "phantoms":
         return load_phantom_splits(cfg)
     if src.endswith(".npz") or Path(src).is_file():
         return load_npz(src, cfg.task, cfg.data.val_fraction, cfg.seed)
-    raise DataError(f"config field `data.source`: got {src!r}; expected 'phantoms', a store directory (made by "
+    raise DataError(f"config field `data.source`: got {cut(src)}; expected 'phantoms', a store directory (made by "
                     f"`gradprom data convert`), an image folder with a labels CSV, or a MedMNIST-style .npz file "
                     f"(it does not exist).")
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from gradprom.platform.data.validate import MAX_CLASSES, too_many_classes
-from gradprom.platform.errors import DataError
+from gradprom.platform.errors import DataError, cut
 from gradprom.platform.store.format import MANIFEST, SCALE, Store, content_hash
 
 MAX_PER_KIND = 5  # findings of one kind shown before "... and N more"
@@ -117,7 +117,7 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
         rep.rows[key] = rep.rows.get(key, 0) + 1
         dt = cols["dtype"][i]
         if dt not in SCALE:
-            rep.add("error", "dtype", f"{where}: dtype {dt!r}; expected one of {list(SCALE)}.")
+            rep.add("error", "dtype", f"{where}: dtype {cut(dt)}; expected one of {list(SCALE)}.")
             continue
         shape = (cols["channels"][i], cols["height"][i], cols["width"][i])
         if shape != (c, h, w):
@@ -135,7 +135,7 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
                 rep.add("error", "range", f"{where}: float pixels in [{pix.min():.4g}, {pix.max():.4g}]; expected [0, 1].")
         digest = content_hash(pix)
         if cols["hash"][i] != digest:
-            rep.add("error", "hash", f"{where}: stored hash {cols['hash'][i]!r} does not match its pixels; the row "
+            rep.add("error", "hash", f"{where}: stored hash {cut(cols['hash'][i])} does not match its pixels; the row "
                                      f"is corrupted.")
         label = cols["label"][i]
         if part.has_labels:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from gradprom.platform.errors import DataError
+from gradprom.platform.errors import DataError, cut
 
 log = logging.getLogger(__name__)
 MANIFEST = "_store.json"
@@ -259,7 +259,7 @@ def decode_images(table: pa.Table, shape: tuple[int, int, int], where: str, out:
     dtypes = table.column("dtype").to_numpy(zero_copy_only=False)
     for dt in np.unique(dtypes):
         if dt not in SCALE:
-            raise DataError(f"{where}: dtype {dt!r}; expected one of {list(SCALE)}.")
+            raise DataError(f"{where}: dtype {cut(dt)}; expected one of {list(SCALE)}.")
         rows = np.flatnonzero(dtypes == dt)
         col = table.column("image") if len(rows) == n else table.column("image").take(pa.array(rows))
         raw = _binary_values(col, c * h * w * np.dtype(dt).itemsize, where)

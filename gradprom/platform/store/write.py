@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from gradprom.platform.atomic import atomic_path
 from gradprom.platform.data.readers.base import SPLITS, Sample
-from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.errors import ConfigError, DataError, cut
 from gradprom.platform.store.format import (
     COMMON_METADATA,
     FORMAT,
@@ -48,7 +48,7 @@ PART_BYTES = 256 << 20  # raw bytes per part file before a new one is started
 def check_site(site: str) -> str:
     """A site name that is safe as a directory name (site=<name>)."""
     if not SITE_RE.match(site):
-        raise ConfigError(f"--site {site!r}: expected letters, digits, '_', '-' or '.', starting with a letter or "
+        raise ConfigError(f"--site {cut(site)}: expected letters, digits, '_', '-' or '.', starting with a letter or "
                           f"digit, at most 64 characters (it names the directory site=<name>).")
     return site
 
@@ -199,7 +199,7 @@ class StoreWriter:
         """Append one sample to the (site, split) partition (site defaults to the writer's)."""
         site = site or self.site
         if split not in SPLITS:
-            raise DataError(f"{s.source}: split {split!r}; expected one of {', '.join(SPLITS)}.")
+            raise DataError(f"{s.source}: split {cut(split)}; expected one of {', '.join(SPLITS)}.")
         shape = tuple(int(v) for v in s.image.shape)
         if self.shape is None:
             self.shape = shape  # type: ignore[assignment]
@@ -212,7 +212,7 @@ class StoreWriter:
         if w is None or w.bytes >= PART_BYTES:
             if w is None:
                 if not SITE_RE.match(site):
-                    raise DataError(f"{s.source}: site {site!r}; expected letters, digits, '_', '-' or '.' (it names "
+                    raise DataError(f"{s.source}: site {cut(site)}; expected letters, digits, '_', '-' or '.' (it names "
                                     f"the directory site=<name>).")
                 if site in self.existing_sites:
                     log.warning("store %s already has site %r: adding more images to it", self.path, site)

@@ -26,7 +26,7 @@ from gradprom.platform.data.readers.base import (
     check_mask,
     relative,
 )
-from gradprom.platform.errors import DataError
+from gradprom.platform.errors import DataError, cut
 
 log = logging.getLogger(__name__)
 VERSION = "1"
@@ -132,7 +132,7 @@ class FolderReader:
         for i, r in enumerate(self.rows):
             split = r.get("split", "")
             if split and split not in SPLITS:
-                raise DataError(f"{self._where(i)}: split {split!r}; expected one of {', '.join(SPLITS)} or empty.")
+                raise DataError(f"{self._where(i)}: split {cut(split)}; expected one of {', '.join(SPLITS)} or empty.")
             if not r.get("file"):
                 raise DataError(f"{self._where(i)}: empty `file` cell; expected an image path.")
 
@@ -151,6 +151,6 @@ class FolderReader:
             label = check_label(r["label"], where) if r.get("label") else None
             mask = read_mask_file(self.base / r["mask"], image.shape[1:], where) if r.get("mask") else None
             if label is None and mask is None:
-                raise DataError(f"{where}: {r['file']!r} has neither a label nor a mask.")
+                raise DataError(f"{where}: {cut(r['file'])} has neither a label nor a mask.")
             yield Sample(image=image, source=relative(path, self.base), label=label, mask=mask,
                          split=r.get("split") or None, site=r.get("site") or None, group=r["file"])
