@@ -11,10 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from gradprom.platform.checkpoint import state_dict_problem
 from gradprom.platform.config import Config
 from gradprom.platform.data.dataset import DataInfo, EnhancementDataset
-from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.errors import ConfigError, DataError, state_dict_problem
 from gradprom.platform.models import build_enhancer, build_recognizer
 
 

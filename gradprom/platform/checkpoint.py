@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gradprom.platform.atomic import atomic_path
-from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.errors import ConfigError, DataError, state_dict_problem
 
 if TYPE_CHECKING:
     from gradprom.platform.build import Models
@@ -53,15 +53,6 @@ def load_problem(e: Exception) -> str:
                 "unless you wrote it yourself")
     first = str(e).splitlines()[0][:200] if str(e) else ""
     return f"{type(e).__name__}: {first}".rstrip(": ")
-
-
-def state_dict_problem(e: Exception) -> str:
-    """The useful part of load_state_dict's error: the first mismatches, not just its "Error(s) in loading
-    state_dict for ResNet:" heading."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    detail = lines[1:3] if len(lines) > 1 else lines
-    text = "; ".join(detail) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
-    return text[:400] + ("..." if len(text) > 400 else "")
 
 
 def training_state(models: Models, cfg: Config, epoch: int, step: int, best: float,

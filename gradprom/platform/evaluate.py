@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from gradprom.platform.build import Models, build_models, resolve_device, to_device
-from gradprom.platform.checkpoint import load_checkpoint, state_dict_problem
+from gradprom.platform.checkpoint import load_checkpoint
 from gradprom.platform.config import Config, build_config, load_config_file
 from gradprom.platform.data.dataset import DataInfo, EnhancementDataset
 from gradprom.platform.data.sources import build_datasets
-from gradprom.platform.errors import DataError
+from gradprom.platform.errors import DataError, state_dict_problem
 from gradprom.platform.losses import enhancement_loss, recognition_loss
 from gradprom.platform.metrics import EvalAccumulator, task_metric_name
 from gradprom.platform.rundir import RunDir
