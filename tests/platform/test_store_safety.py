@@ -135,3 +135,17 @@ def test_check_of_a_file_says_it_is_a_file(tmp_path, capsys):
     assert main(["data", "check", str(src)]) == 1
     out = capsys.readouterr().out
     assert "is a file, not a store" in out and f"gradprom data convert {src} STORE" in out
+
+
+def test_check_during_a_conversion_never_advises_deleting_its_parts(store):
+    from gradprom.platform.data.readers.base import Sample
+    from gradprom.platform.store.write import StoreWriter
+
+    img = np.random.default_rng(9).integers(0, 256, (1, 16, 16), dtype=np.uint8)
+    with pytest.raises(RuntimeError):
+        with StoreWriter(store, "b", {}) as w:  # a conversion in progress: its part is on disk, unlisted
+            w.add(Sample(image=img, source="x.png", label=1), "train")
+            found = [f for f in check_store(store).findings if f.kind == "orphan"]
+            assert found and all("running now" in f.message and "can be deleted" not in f.message for f in found)
+            raise RuntimeError("abort the conversion")
+    assert not [f for f in check_store(store).findings if f.kind == "orphan"]  # aborted: nothing left

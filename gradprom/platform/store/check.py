@@ -12,6 +12,7 @@ classes that train lacks.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -77,11 +78,16 @@ def check_store(path: str | Path) -> CheckReport:
     declared = [k for k in declared if k]
     k_max = min(declared) if declared else None
     listed = {p.path for p in store.parts}
+    busy = conversion_running(store.path)
     for f in sorted(store.path.glob("site=*/split=*/*")):
         rel = f.relative_to(store.path).as_posix()
-        if rel not in listed:
+        if rel not in listed and busy:  # never advise deleting what a live conversion is writing
+            rep.add("warning", "orphan", f"{rel}: not listed in {MANIFEST} yet: a conversion into this store is "
+                                         f"running now and publishes it when it finishes; leave it alone.")
+        elif rel not in listed:
             rep.add("warning", "orphan", f"{rel}: not listed in {MANIFEST}, so not part of the store (left by an "
-                                         f"interrupted conversion?); it is ignored and can be deleted.")
+                                         f"interrupted conversion: none is running now); it is ignored and can be "
+                                         f"deleted.")
     seen: dict[str, tuple[str, str, str]] = {}  # hash -> (split, site, source) of its first row
     for part in store.parts:
         if not part.path.startswith(f"site={part.site}/split={part.split}/"):
@@ -182,6 +188,21 @@ def _check_classes(rep: CheckReport) -> None:
         extra = sorted(set(cnt) - train)
         if split != "train" and train and extra:
             rep.add("warning", "classes", f"site {site}, split {split}: classes {extra} never occur in train.")
+
+
+def conversion_running(path: Path) -> bool:
+    """A `data convert` holds the store's lock right now (the lock dies with its process, so a killed conversion
+    does not count)."""
+    try:
+        with open(path / ".lock") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return False
 
 
 def fingerprint(path: str | Path) -> str:
