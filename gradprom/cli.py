@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -214,6 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm_as_interrupt() -> list[bool]:
+    """SIGTERM (what `timeout`, Slurm, `docker stop` and Kubernetes send) takes Ctrl-C's path: the run is marked
+    "stopped" with its resume hint and the command exits 143. Returns a flag list that becomes [True] once it
+    arrives. Only the main thread can install handlers; elsewhere (a test runner's thread) nothing changes."""
+    got: list[bool] = []
+
+    def stop(signum, frame) -> None:
+        if not got:  # a second SIGTERM while unwinding does not interrupt the cleanup
+            got.append(True)
+            raise KeyboardInterrupt("terminated by SIGTERM")
+
+    if threading.current_thread() is threading.main_thread():
+        _PREVIOUS_SIGTERM.append(signal.signal(signal.SIGTERM, stop))
+    return got
+
+
+_PREVIOUS_SIGTERM: list = []  # handlers to put back when main() returns (it is also called in-process by tests)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -224,17 +245,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from gradprom.platform.errors import GradPromError
 
+    terminated = _sigterm_as_interrupt()
     try:
         return args.func(args)
     except GradPromError as e:
         print(f"gradprom: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gradprom: interrupted", file=sys.stderr)
-        return 130
+        print("gradprom: terminated (SIGTERM)" if terminated else "gradprom: interrupted", file=sys.stderr)
+        return 143 if terminated else 130
     except OSError as e:  # e.g. an unwritable --out: a user problem, not a bug
         print(f"gradprom: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+    finally:
+        if _PREVIOUS_SIGTERM:
+            signal.signal(signal.SIGTERM, _PREVIOUS_SIGTERM.pop())
 
 
 if __name__ == "__main__":

@@ -41,11 +41,14 @@ def register(subparsers) -> None:
                    help="DICOM volumes: slice along frames/slices (0), rows (1) or columns (2)")
     p.add_argument("--num-classes", type=int, help="refuse labels outside 0..K-1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-duplicates", action="store_true", help="add images whose content the store already "
+                   "holds (refused by default: converting the same file twice would count it twice)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("check", help="validate a store: schema, shapes, ranges, NaN/Inf, labels, duplicates, leakage")
     p.add_argument("store", metavar="STORE")
-    p.add_argument("--strict", action="store_true", help="warnings (duplicates, orphan files) fail the check too")
+    p.add_argument("--strict", action="store_true", help="warnings (orphan files, classes missing from train) fail "
+                   "the check too; duplicate images are errors unless converted with --allow-duplicates")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("show", help="a PNG grid of samples per site and class")
@@ -73,7 +76,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     opts = ReadOptions(labels=args.labels, window=tuple(args.window) if args.window else None, axis=args.axis)
     s = convert(args.src, args.out, fmt=args.format, site=args.site, split_by=args.split_by, seed=args.seed,
                 size=tuple(args.size) if args.size else None, fit=args.fit, options=opts,
-                num_classes=args.num_classes, progress=not args.no_progress)
+                num_classes=args.num_classes, progress=not args.no_progress, allow_duplicates=args.allow_duplicates)
     t = Table(title=f"added to {args.out} · images {s.shape[0]}x{s.shape[1]}x{s.shape[2]} (C x H x W)")
     for col in ("site", "split", "images", "classes (count)", "masks"):
         t.add_column(col, justify="left" if col in ("site", "split", "classes (count)") else "right")

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from gradprom.platform.config import Config
 from gradprom.platform.data.dataset import DataInfo, EnhancementDataset
-from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.errors import ConfigError, DataError, state_dict_problem
 from gradprom.platform.models import build_enhancer, build_recognizer
 from gradprom.platform.optim import build_optimizer
 
@@ -62,6 +62,7 @@ def build_models(cfg: Config, info: DataInfo, scale: int, device: torch.device) 
     E = build_enhancer(cfg.model.enhancer, info.channels, scale, cfg.model.enhancer_channels).to(device)
     R = build_recognizer(cfg.recognizer_name, cfg.task, info.channels, info.num_outputs(cfg.task),
                          cfg.model.recognizer_channels, norm=cfg.model.recognizer_norm).to(device)
+    check_models_fit(E, R, cfg, info, scale, device)
     if cfg.gradprom.recognizer_checkpoint:
         load_recognizer(R, cfg.gradprom.recognizer_checkpoint, device)
     o = cfg.optim
@@ -71,6 +72,32 @@ def build_models(cfg: Config, info: DataInfo, scale: int, device: torch.device) 
     if cfg.gradprom.recognizer_mode != "frozen":
         opt_r = build_optimizer(R.parameters(), o.optimizer, o.lr_recognizer, o.weight_decay, o.momentum)
     return Models(E, R, opt_e, opt_r)
+
+
+def check_models_fit(E: nn.Module, R: nn.Module, cfg: Config, info: DataInfo, scale: int, device: torch.device) -> None:
+    """A dry forward of E and R on zero images of the data's shape (eval mode, no grad: no weight, statistic or
+    random state changes), so an image too small for the networks' down-sampling levels or the SR factor is a
+    DataError before the first step, not a traceback inside it."""
+    h, w = info.image_size
+    m = cfg.model
+    nets = (("enhancer", E, m.enhancer, m.enhancer_channels, (h // scale, w // scale)),
+            ("recognizer", R, cfg.recognizer_name, m.recognizer_channels, (h, w)))
+    for role, net, name, channels, (hi, wi) in nets:
+        was = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                net(torch.zeros(2, info.channels, hi, wi, device=device))
+        except (RuntimeError, ValueError, IndexError) as e:
+            why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            sr = (f" (after the x{scale} down-sampling of `data.degradation: {cfg.data.degradation}`)"
+                  if scale > 1 else "")
+            raise DataError(f"{info.source}: images of {h}x{w} pixels are too small for the {role} ({name}, channels "
+                            f"{channels}): it gets {hi}x{wi} inputs{sr} and cannot down-sample them that far ({why}). "
+                            f"Use larger images (`gradprom data convert --size`), a smaller SR factor, or fewer "
+                            f"channel levels (`model.{role}_channels`).") from None
+        finally:
+            net.train(was)
 
 
 def load_recognizer(R: nn.Module, path: str, device: torch.device) -> None:
@@ -88,7 +115,7 @@ def load_recognizer(R: nn.Module, path: str, device: torch.device) -> None:
         R.load_state_dict(sd)
     except Exception as e:
         raise DataError(f"Recognizer checkpoint {path!r} does not fit the configured recognizer "
-                        f"({str(e).splitlines()[0][:300]}); check `model.recognizer`, its channels and the "
+                        f"({state_dict_problem(e)}); check `model.recognizer`, its channels and the "
                         f"number of classes.") from None
 
 

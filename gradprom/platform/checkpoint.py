@@ -8,13 +8,14 @@ dicts/lists/numbers only). A federation's adds the round and the elapsed time, w
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gradprom.platform.atomic import atomic_path
-from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.errors import ConfigError, DataError, state_dict_problem
 
 if TYPE_CHECKING:
     from gradprom.platform.build import Models
@@ -36,12 +37,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # RuntimeError, EOFError, UnpicklingError, struct.error (a few junk bytes), ...
-        raise DataError(f"Checkpoint {str(p)!r} is damaged or not a GradProm checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); re-run training or pick another checkpoint."
-                        ) from None
+        raise DataError(f"Checkpoint {str(p)!r} is damaged or not a GradProm checkpoint ({load_problem(e)}); "
+                        f"re-run training or pick another checkpoint.") from None
     if not isinstance(state, dict) or "enhancer" not in state:
         raise DataError(f"Checkpoint {str(p)!r} has no enhancer weights; it was not written by `gradprom train`.")
     return state
+
+
+def load_problem(e: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, without torch's advice to retry with weights_only=False
+    (for a file from elsewhere that is the unsafe step: it would run whatever code the file carries)."""
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+        return ("it holds objects other than tensors and plain values; GradProm loads weights only and never runs "
+                "code from a file, so it may be unsafe or damaged: do not load it elsewhere with weights_only=False "
+                "unless you wrote it yourself")
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {first}".rstrip(": ")
 
 
 def training_state(models: Models, cfg: Config, epoch: int, step: int, best: float,
@@ -62,5 +73,5 @@ def load_training_state(models: Models, state: dict[str, Any], run_path: Path, c
             models.opt_r.load_state_dict(state["opt_r"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise ConfigError(f"--resume {str(run_path)!r}: its checkpoint {str(ckpt)!r} does not "
-                          f"fit the configuration given ({str(e).splitlines()[0][:200]}); a resumed run keeps "
+                          f"fit the configuration given ({state_dict_problem(e)}); a resumed run keeps "
                           f"its task, data and models, so change only settings such as --epochs.") from None

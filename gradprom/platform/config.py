@@ -200,6 +200,15 @@ class RunSettings(_Section):
     figures_every_epoch: bool = F(True, "redraw figures/ after every epoch (live view); false draws them once at "
                                   "the end")
 
+    @field_validator("name")
+    @classmethod
+    def _one_directory_name(cls, v: str | None) -> str | None:
+        # the run lives in <out>/<name>: '../..' or 'a/b' would write outside --out or nest runs out of sight
+        if v is not None and (v.strip() in ("", ".", "..") or "/" in v or "\\" in v or "\0" in v):
+            raise ValueError("expected a single directory name (no '/', '\\', and not '.' or '..'); the run is "
+                             "written to <run.out>/<name>")
+        return v
+
 
 class DistributedConfig(_Section):
     """distributed: Ray Train (`gradprom train --workers N`)."""
@@ -320,6 +329,9 @@ def build_config(data: dict[str, Any] | None = None, source: str = "defaults") -
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML config file into a dict, with clear errors for missing or malformed files."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"Config file {str(p)!r} is a directory; expected a YAML file (e.g. "
+                          f"{str(p / 'config.yaml')!r} if it is a run directory).")
     if not p.is_file():
         raise ConfigError(f"Config file {str(p)!r} does not exist (expected a YAML file, e.g. a run's config.yaml).")
     try:
@@ -333,11 +345,16 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge `override` into a copy of `base`."""
+def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base`; a section that is not a mapping (`optim: 5`) meeting
+    fields for it is a ConfigError, never silently replaced."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(v, dict) and k in out and out[k] is not None and not isinstance(out[k], dict):
+            raise ConfigError(f"config section `{where}{k}` is {shown(out[k])}, not a mapping of fields, so "
+                              f"{', '.join(f'`{where}{k}.{f}`' for f in list(v)[:5])} cannot be set in it; write it as "
+                              f"`{k}:` followed by indented `field: value` lines.")
+        out[k] = merge(out[k], v, f"{where}{k}.") if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -357,6 +374,9 @@ def parse_set_option(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects `section.field=value`, got {text!r}.")
     key, raw = text.split("=", 1)
+    if not key.strip() or any(not p for p in key.strip().split(".")):
+        raise ConfigError(f"--set expects `section.field=value`, got {shown(text)}: the field name before '=' is "
+                          f"{'missing' if not key.strip() else 'malformed'}.")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

@@ -30,9 +30,11 @@ from gradprom.platform.build import Models
 from gradprom.platform.checkpoint import load_training_state, save_checkpoint, training_state
 from gradprom.platform.config import Config
 from gradprom.platform.data.dataset import DataInfo
+from gradprom.platform.errors import TrainingError
 from gradprom.platform.evaluate import evaluate_split, monitor_value
 from gradprom.platform.figures import save_curves, save_samples
 from gradprom.platform.metrics import task_metric_name
+from gradprom.platform.recovery import clean_temp_files, repair_best
 from gradprom.platform.rundir import RunDir, StepWriter
 from gradprom.platform.step import StepResult, TrainStep
 
@@ -102,13 +104,18 @@ class EpochRunner:
     def resume(self, state: dict[str, Any] | None, where: str | Path) -> None:
         """Continue from a training checkpoint (None: a fresh start, which drops step rows of a run that died
         before its first checkpoint, so they are not written twice)."""
+        if self.run is not None:
+            clean_temp_files(self.run)  # a crash mid-write leaves .<name>.*.tmp files
         if state is None:
             if self.run is not None:
                 self.run.truncate_steps(0)
             return
         run_path = self.run.path if self.run is not None else Path(str(where))
         load_training_state(self.models, state, run_path, Path(str(where)))
-        self.p = Progress(state["epoch"] + 1, state["step"], state["best"])
+        best = state["best"]
+        if self.run is not None and Path(str(where)) == self.run.latest_checkpoint():
+            best = repair_best(self.run, state, lambda val: monitor_value(val, self.cfg))
+        self.p = Progress(state["epoch"] + 1, state["step"], best)
         self.step.steps_done = state["step"]
         if self.run is not None:
             self.p.rows = [r for r in self.run.read_epochs() if r["epoch"] <= state["epoch"] and r["split"] != "test"]
@@ -140,7 +147,7 @@ class EpochRunner:
                     after_step(res)
                 bar.update(1)
                 bar.set_postfix(loss_e=f"{res.loss_e:.4f}", loss_r=f"{res.loss_r:.3f}", cos=f"{res.cos:+.2f}")
-        finally:  # the steps taken are on disk however the epoch ends (a stop, a crash, Ctrl-C)
+        finally:  # also when a step stops the run (TrainingError, Ctrl-C): the rows up to it are kept
             bar.close()
             if self.writer is not None:
                 self.writer.flush()
@@ -156,6 +163,10 @@ class EpochRunner:
         """
         run, cfg, p = self.run, self.cfg, self.p
         assert run is not None and self.eval_sets is not None, "end_epoch runs on the chief only"
+        if stats.sums["skipped"] and not stats.sums["done"]:  # nothing trained: never end such a run "finished"
+            raise TrainingError(f"Every step of epoch {epoch + 1} ({stats.sums['skipped']} steps) was skipped because "
+                                f"its losses or gradients were NaN/Inf, so the models did not train; check the data "
+                                f"for NaN/Inf pixels (`gradprom data check`) and lower the learning rate (`optim.lr`).")
         gate = stats.gate()
         p.rows.append({**stats.train_row(epoch, p.step), **(extra or {})})
         val, samples = evaluate_split(self.models, self.eval_sets["val"], cfg, self.info, self.device, sample_count=6)

@@ -16,7 +16,7 @@ from gradprom.platform.checkpoint import load_checkpoint
 from gradprom.platform.config import Config, build_config, load_config_file
 from gradprom.platform.data.dataset import DataInfo, EnhancementDataset
 from gradprom.platform.data.sources import build_datasets
-from gradprom.platform.errors import DataError
+from gradprom.platform.errors import DataError, state_dict_problem
 from gradprom.platform.losses import enhancement_loss, recognition_loss
 from gradprom.platform.metrics import EvalAccumulator, task_metric_name
 from gradprom.platform.rundir import RunDir
@@ -70,7 +70,7 @@ def load_trained_models(cfg: Config, info: DataInfo, scale: int, checkpoint: Pat
         models.recognizer.load_state_dict(state["recognizer"])
     except RuntimeError as e:
         raise DataError(f"Checkpoint {str(checkpoint)!r} does not fit the data {cfg.data.source!r} "
-                        f"({str(e).splitlines()[0][:200]}); evaluate on data with the run's channels and classes."
+                        f"({state_dict_problem(e)}); evaluate on data with the run's channels and classes."
                         ) from None
     return models
 

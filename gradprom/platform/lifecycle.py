@@ -27,6 +27,8 @@ class RunLifecycle:
 
     def __init__(self, run: RunDir, resume: bool, *, resume_hint: str = "--resume"):
         self.run, self.resume, self.resume_hint = run, resume, resume_hint
+        if resume:
+            run.set_aside_damaged_run_json()  # a resume rewrites run.json anyway; only its start time is lost
         if run.exists() and not resume:
             raise ConfigError(f"Run directory {str(run.path)!r} already holds a run; continue it with "
                               f"{resume_hint}, or choose another --name / --out.")

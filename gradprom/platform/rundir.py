@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gradprom.platform.atomic import atomic_path, atomic_write_text
+from gradprom.platform.errors import DataError
 
 log = logging.getLogger(__name__)
 RUN_STATUSES = ("running", "finished", "failed", "stopped")
@@ -73,7 +74,29 @@ class RunDir:
         """run.json as a dict ({} when absent)."""
         if not self.run_json.is_file():
             return {}
-        return json.loads(self.run_json.read_text())
+        try:
+            info = json.loads(self.run_json.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{str(self.run_json)!r} is damaged ({type(e).__name__}: {str(e)[:120]}); `gradprom train "
+                            f"--resume` rewrites it (keeping the damaged copy beside it).") from None
+        if not isinstance(info, dict):
+            raise DataError(f"{str(self.run_json)!r} is damaged (it holds a {type(info).__name__}, not an object); "
+                            f"`gradprom train --resume` rewrites it (keeping the damaged copy beside it).")
+        return info
+
+    def set_aside_damaged_run_json(self) -> Path | None:
+        """Move an unreadable run.json to run.json.damaged (a resumed run then writes a new one); returns where
+        it went, or None when run.json is fine or absent. Its status and start time are lost; every other field
+        is rewritten by the resumed run."""
+        try:
+            self.read_run()
+            return None
+        except DataError:
+            aside = self.run_json.with_name("run.json.damaged")
+            self.run_json.replace(aside)
+            log.warning("%s was damaged: moved it to %s and writing a new one (the original start time is lost)",
+                        self.run_json, aside.name)
+            return aside
 
     def write_run(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` into run.json and rewrite it atomically."""
@@ -97,7 +120,12 @@ class RunDir:
         """Rows of epochs.parquet ([] when absent)."""
         if not self.epochs_parquet.is_file():
             return []
-        return pq.read_table(self.epochs_parquet).to_pylist()
+        try:
+            return pq.read_table(self.epochs_parquet).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{str(self.epochs_parquet)!r} is damaged ({type(e).__name__}: {str(e)[:120]}); its epoch "
+                            f"rows cannot be recovered from the checkpoints. To go on without the rows of the epochs "
+                            f"run so far, move it away (e.g. to epochs.parquet.damaged) and resume again.") from None
 
     def read_steps(self) -> pa.Table | None:
         """All step rows, ordered by step (None when there are none)."""

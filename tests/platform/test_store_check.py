@@ -97,7 +97,7 @@ def _corrupt(store, defect: str) -> None:
     ("label", "error", "label", "label 7 out of range; expected 0..2"),
     ("negative", "error", "label", "label -1 out of range"),
     ("leakage", "error", "leakage", "the same image is in test and in train"),
-    ("duplicate", "warning", "duplicate", "duplicate of f.npz#train[4]"),
+    ("duplicate", "error", "duplicate", "duplicate of f.npz#train[4]"),
     ("orphan", "warning", "orphan", "not listed in _store.json"),
 ])
 def test_check_finds_each_defect(store, capsys, defect, level, kind, text):

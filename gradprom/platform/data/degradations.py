@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradprom.platform.errors import ConfigError
+from gradprom.platform.errors import ConfigError, cut
 
 SHORTHANDS = {
     "gaussian": "gaussian:sigma=0.1",
@@ -140,7 +140,7 @@ def parse_degradation(spec: str) -> Degradation:
     for part in filter(None, (SHORTHANDS.get(p.strip(), p.strip()) for p in text.split("+"))):
         name, _, args = part.partition(":")
         if name not in _STEPS:
-            raise ConfigError(f"{where}: got {spec!r}; unknown step {name!r}. Steps: {', '.join(_STEPS)}; "
+            raise ConfigError(f"{where}: got {cut(spec)}; unknown step {cut(name)}. Steps: {', '.join(_STEPS)}; "
                               f"shorthands: {', '.join(SHORTHANDS)} (e.g. 'blur:sigma=1+gaussian:sigma=0.05').")
         kwargs = {}
         for kv in filter(None, (a.strip() for a in args.split(","))):
@@ -148,18 +148,18 @@ def parse_degradation(spec: str) -> Degradation:
             key = key.strip()
             allowed = {"gaussian": ["sigma"], "poisson": ["dose"], "blur": ["sigma"], "downsample": ["factor"]}[name]
             if not eq or key not in allowed:
-                raise ConfigError(f"{where}: got {spec!r}; step {name!r} takes "
-                                  f"{', '.join(f'{a}=<value>' for a in allowed)}, found {kv!r}.")
+                takes = ", ".join(f"{a}=<value>" for a in allowed)
+                raise ConfigError(f"{where}: got {cut(spec)}; step {name!r} takes {takes}, found {cut(kv)}.")
             typ, lo, hi, incl = _LIMITS[key]
             try:
                 v = typ(float(val)) if typ is int and float(val).is_integer() else typ(val)
             except ValueError:
-                raise ConfigError(f"{where}: got {spec!r}; {name}:{key} must be a {typ.__name__}, "
-                                  f"found {val!r}.") from None
+                raise ConfigError(f"{where}: got {cut(spec)}; {name}:{key} must be a {typ.__name__}, "
+                                  f"found {cut(val)}.") from None
             if key == "factor" and v not in (2, 4):
-                raise ConfigError(f"{where}: got {spec!r}; downsample:factor must be 2 or 4, found {v}.")
+                raise ConfigError(f"{where}: got {cut(spec)}; downsample:factor must be 2 or 4, found {v}.")
             if not ((v >= lo if incl else v > lo) and v <= hi):
-                raise ConfigError(f"{where}: got {spec!r}; {name}:{key} must be in "
+                raise ConfigError(f"{where}: got {cut(spec)}; {name}:{key} must be in "
                                   f"{'[' if incl else '('}{lo}, {hi}], found {v}.")
             kwargs[key] = v
         steps.append(_STEPS[name](**kwargs))

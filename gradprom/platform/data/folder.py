@@ -18,7 +18,9 @@ from gradprom.platform.store.format import SCALE
 def load_folder_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
     """An image folder with labels.csv read straight into memory (one size required: no resizing here)."""
     src = Path(cfg.data.source)
-    reader, fitter, rule = FolderReader(src, ReadOptions()), Fitter(), SplitRule.parse("auto", cfg.seed)
+    fitter = Fitter(size_fix=f"train reads a folder as it is, so convert it first: `gradprom data convert {src} STORE "
+                             f"--size H W` (with --resize or --crop), then train with --data STORE")
+    reader, rule = FolderReader(src, ReadOptions()), SplitRule.parse("auto", cfg.seed)
     rows: dict[str, list] = {s: [] for s in SPLITS}
     for s in reader:
         site = s.site or src.name

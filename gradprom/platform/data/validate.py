@@ -8,6 +8,16 @@ import numpy as np
 from gradprom.platform.errors import DataError
 
 MIN_SIDE = 8  # the smallest image side any source may have
+# The most classes a recognizer is built for: a label is also the size of the head (label + 1 outputs), so a
+# stray huge label (2**40) would allocate terabytes; real medical class counts are far below this.
+MAX_CLASSES = 1000
+
+
+def too_many_classes(label: int, where: str) -> DataError:
+    """The error for a label at or above MAX_CLASSES (the head would need label + 1 outputs)."""
+    text = str(label) if len(str(label)) <= 40 else str(label)[:40] + "..."
+    return DataError(f"{where}: label {text} would need a recognizer with {text} + 1 outputs; GradProm trains at "
+                     f"most {MAX_CLASSES} classes (labels 0..{MAX_CLASSES - 1}): relabel the classes as 0..K-1.")
 
 
 def check_images(arr: np.ndarray, path: str, key: str) -> np.ndarray:
@@ -63,6 +73,9 @@ def check_labels(arr: np.ndarray, n: int, path: str, key: str) -> np.ndarray:
     if len(arr) and arr.min() < 0:
         i = int(np.argmin(arr))
         raise DataError(f"{where} has label {arr[i]} at index {i}; labels must be in 0..K-1.")
+    if len(arr) and arr.max() >= MAX_CLASSES:
+        i = int(np.argmax(arr))
+        raise too_many_classes(int(arr[i]), f"{where} at index {i}")
     return arr
 
 

@@ -5,12 +5,14 @@ schema or row count, or sits in the wrong site/split folder; a row whose shape o
 the store or its bytes, whose float pixels are NaN/Inf or outside [0, 1], whose hash does not match its pixels,
 whose label is missing, negative or outside 0..K-1 (K declared by --num-classes at conversion, else the
 manifest's range), or whose mask is malformed; the same image in train and in val/test (leakage).
-Warnings: duplicate images within a split, part files no manifest lists (an interrupted conversion), val/test
+Duplicate images within a split are errors too, unless the conversion that added them passed --allow-duplicates.
+Warnings: duplicates allowed that way, part files no manifest lists (an interrupted conversion), val/test
 classes that train lacks.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from gradprom.platform.errors import DataError
+from gradprom.platform.data.validate import MAX_CLASSES, too_many_classes
+from gradprom.platform.errors import DataError, cut
 from gradprom.platform.store.format import MANIFEST, SCALE, Store, content_hash
 
 MAX_PER_KIND = 5  # findings of one kind shown before "... and N more"
@@ -75,11 +78,16 @@ def check_store(path: str | Path) -> CheckReport:
     declared = [k for k in declared if k]
     k_max = min(declared) if declared else None
     listed = {p.path for p in store.parts}
+    busy = conversion_running(store.path)
     for f in sorted(store.path.glob("site=*/split=*/*")):
         rel = f.relative_to(store.path).as_posix()
-        if rel not in listed:
+        if rel not in listed and busy:  # never advise deleting what a live conversion is writing
+            rep.add("warning", "orphan", f"{rel}: not listed in {MANIFEST} yet: a conversion into this store is "
+                                         f"running now and publishes it when it finishes; leave it alone.")
+        elif rel not in listed:
             rep.add("warning", "orphan", f"{rel}: not listed in {MANIFEST}, so not part of the store (left by an "
-                                         f"interrupted conversion?); it is ignored and can be deleted.")
+                                         f"interrupted conversion: none is running now); it is ignored and can be "
+                                         f"deleted.")
     seen: dict[str, tuple[str, str, str]] = {}  # hash -> (split, site, source) of its first row
     for part in store.parts:
         if not part.path.startswith(f"site={part.site}/split={part.split}/"):
@@ -115,7 +123,7 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
         rep.rows[key] = rep.rows.get(key, 0) + 1
         dt = cols["dtype"][i]
         if dt not in SCALE:
-            rep.add("error", "dtype", f"{where}: dtype {dt!r}; expected one of {list(SCALE)}.")
+            rep.add("error", "dtype", f"{where}: dtype {cut(dt)}; expected one of {list(SCALE)}.")
             continue
         shape = (cols["channels"][i], cols["height"][i], cols["width"][i])
         if shape != (c, h, w):
@@ -134,7 +142,7 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
                                           f"expected [0, 1].")
         digest = content_hash(pix)
         if cols["hash"][i] != digest:
-            rep.add("error", "hash", f"{where}: stored hash {cols['hash'][i]!r} does not match its pixels; the row "
+            rep.add("error", "hash", f"{where}: stored hash {cut(cols['hash'][i])} does not match its pixels; the row "
                                      f"is corrupted.")
         label = cols["label"][i]
         if part.has_labels:
@@ -143,6 +151,8 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
             elif label < 0 or (k_max is not None and label >= k_max) or label > part.label_max:
                 top = k_max - 1 if k_max is not None else part.label_max
                 rep.add("error", "label", f"{where}: label {label} out of range; expected 0..{top}.")
+            elif label >= MAX_CLASSES:
+                rep.add("error", "label", str(too_many_classes(label, where)))
             else:
                 rep.classes[key][label] += 1
         if part.has_masks:
@@ -159,8 +169,18 @@ def _check_rows(rep: CheckReport, store: Store, part, rg: int, table, k_max: int
         elif first[0] != part.split and "train" in (first[0], part.split):
             rep.add("error", "leakage", f"{where}: the same image is in {part.split} and in {first[0]} ({first[2]}, "
                                         f"site {first[1]}): train/test leakage.")
-        else:
-            rep.add("warning", "duplicate", f"{where}: duplicate of {first[2]} (site {first[1]}, split {first[0]}).")
+        else:  # an error unless the conversion that added it asked for copies (--allow-duplicates)
+            allowed = _allows_duplicates(store, part.convert)
+            rep.add("warning" if allowed else "error", "duplicate",
+                    f"{where}: duplicate of {first[2]} (site {first[1]}, split {first[0]})"
+                    + ("; added with --allow-duplicates." if allowed else "; the same image counted twice (convert "
+                       "without the repeated source, or with --allow-duplicates if the copies are meant)."))
+
+
+def _allows_duplicates(store: Store, convert: int) -> bool:
+    converts = store.manifest.get("converts", [])
+    opts = converts[convert].get("options", {}) if 0 <= convert < len(converts) else {}
+    return bool(isinstance(opts, dict) and opts.get("allow_duplicates"))
 
 
 def _check_classes(rep: CheckReport) -> None:
@@ -169,6 +189,21 @@ def _check_classes(rep: CheckReport) -> None:
         extra = sorted(set(cnt) - train)
         if split != "train" and train and extra:
             rep.add("warning", "classes", f"site {site}, split {split}: classes {extra} never occur in train.")
+
+
+def conversion_running(path: Path) -> bool:
+    """A `data convert` holds the store's lock right now (the lock dies with its process, so a killed conversion
+    does not count)."""
+    try:
+        with open(path / ".lock") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return False
 
 
 def fingerprint(path: str | Path) -> str:

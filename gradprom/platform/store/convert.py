@@ -35,8 +35,9 @@ class ConvertSummary:
 def convert(src: str | Path, out: str | Path, *, fmt: str = "auto", site: str | None = None,
             split_by: str = "auto", seed: int = 0, size: tuple[int, int] | None = None, fit: str | None = None,
             options: ReadOptions | None = None, num_classes: int | None = None,
-            progress: bool = True) -> ConvertSummary:
-    """Convert `src` into the store `out` (created, or appended to); nothing is published unless all succeeds."""
+            progress: bool = True, allow_duplicates: bool = False) -> ConvertSummary:
+    """Convert `src` into the store `out` (created, or appended to); nothing is published unless all succeeds.
+    An image whose content the store already holds is refused unless `allow_duplicates`."""
     if fit is not None and fit not in FIT_MODES:
         raise ConfigError(f"fit mode {fit!r}; expected one of {FIT_MODES}.")
     if fit is not None and size is None:
@@ -56,12 +57,12 @@ def convert(src: str | Path, out: str | Path, *, fmt: str = "auto", site: str | 
         "options": {"split_by": str(rule), "seed": seed, "size": list(size) if size else None,
                     "fit": (fit or "resize") if size else None, "num_classes": num_classes, "site": site,
                     "labels": options.labels, "window": list(options.window) if options.window else None,
-                    "axis": options.axis},
+                    "axis": options.axis, "allow_duplicates": allow_duplicates},
         "read": reader.provenance(),
     }
     fitter = Fitter(size=tuple(size) if size else None, mode=fit or "resize")
     summary = ConvertSummary(Path(out), (0, 0, 0))
-    with StoreWriter(out, default_site or _site_name(src), provenance) as writer:
+    with StoreWriter(out, default_site or _site_name(src), provenance, allow_duplicates) as writer:
         if writer.shape is not None:
             fitter.shape, fitter.first = writer.shape, f"the store {str(out)!r}"
         bar = tqdm(reader, total=reader.total, desc=f"converting {src.name}", unit="img",

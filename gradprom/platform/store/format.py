@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from gradprom.platform.errors import DataError
+from gradprom.platform.errors import DataError, cut
 
 log = logging.getLogger(__name__)
 MANIFEST = "_store.json"
@@ -98,6 +98,9 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         mf = self.path / MANIFEST
+        if self.path.is_file():
+            raise DataError(f"{str(self.path)!r} is a file, not a store (a store is a directory with {MANIFEST}); "
+                            f"make one from it with `gradprom data convert {self.path} STORE`.")
         if not self.path.is_dir():
             raise DataError(f"Store {str(self.path)!r} does not exist; create one with `gradprom data convert`.")
         if not mf.is_file():
@@ -109,14 +112,28 @@ class Store:
             raise DataError(f"Store manifest {str(mf)!r} is not valid JSON ({e}); the store is damaged.") from None
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise DataError(f"{str(mf)!r} is not a GradProm store manifest (expected format {FORMAT!r}).")
-        if m.get("version", 0) > FORMAT_VERSION:
-            raise DataError(f"Store {str(self.path)!r} has format version {m.get('version')}; this GradProm reads "
+        version = m.get("version", 0)
+        if not _is_int(version) or version < 1:
+            raise DataError(f"Store manifest {str(mf)!r}: `version` is {str(version)[:40]!r}; expected a whole number "
+                            f"(this GradProm writes {FORMAT_VERSION}); the store is damaged.")
+        if version > FORMAT_VERSION:
+            raise DataError(f"Store {str(self.path)!r} has format version {version}; this GradProm reads "
                             f"up to {FORMAT_VERSION}: upgrade GradProm.")
+        shape = m.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)):
+            raise DataError(f"Store manifest {str(mf)!r}: `shape` is {str(shape)[:60]}; expected [C, H, W], three "
+                            f"positive whole numbers; the store is damaged.")
         try:
             self.parts = [Part(**p) for p in m["parts"]]
-            self.shape: tuple[int, int, int] = tuple(m["shape"])  # type: ignore[assignment]
+            self.shape: tuple[int, int, int] = tuple(shape)  # type: ignore[assignment]
         except (KeyError, TypeError) as e:
-            raise DataError(f"Store manifest {str(mf)!r} lacks or mangles {e}; the store is damaged.") from None
+            raise DataError(f"Store manifest {str(mf)!r} lacks or mangles {str(e)[:200]}; the store is "
+                            f"damaged.") from None
+        for p in self.parts:
+            if not (isinstance(p.path, str) and _is_int(p.rows) and all(
+                    v is None or _is_int(v) for v in (p.label_min, p.label_max, p.mask_max))):
+                raise DataError(f"Store manifest {str(mf)!r}: part {str(p.path)[:100]!r} has non-numeric rows or "
+                                f"label/mask ranges; the store is damaged.")
         self.manifest = m
 
     # ---- selection ------------------------------------------------------------------------------------
@@ -208,6 +225,10 @@ class Store:
         return max(max(maxes) + 1, 2) if maxes else 0
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 # ---- decoding -------------------------------------------------------------------------------------------
 def _binary_values(col: pa.ChunkedArray | pa.Array, row_bytes: int, where: str) -> np.ndarray:
     """The bytes of a binary column whose rows all hold `row_bytes` bytes, as one (n, row_bytes) uint8 array."""
@@ -240,11 +261,16 @@ def decode_images(table: pa.Table, shape: tuple[int, int, int], where: str,
     dtypes = table.column("dtype").to_numpy(zero_copy_only=False)
     for dt in np.unique(dtypes):
         if dt not in SCALE:
-            raise DataError(f"{where}: dtype {dt!r}; expected one of {list(SCALE)}.")
+            raise DataError(f"{where}: dtype {cut(dt)}; expected one of {list(SCALE)}.")
         rows = np.flatnonzero(dtypes == dt)
         col = table.column("image") if len(rows) == n else table.column("image").take(pa.array(rows))
         raw = _binary_values(col, c * h * w * np.dtype(dt).itemsize, where)
         pix = raw.view(np.dtype(dt)).reshape(len(rows), c, h, w)
+        if dt == "float32" and not np.isfinite(pix).all():  # like the .npz path: refuse, never train on NaN
+            bad = int(np.flatnonzero(~np.isfinite(pix).reshape(len(rows), -1).all(1))[0])
+            raise DataError(f"{where}: image {int(rows[bad])} of this row group holds NaN/Inf pixels; expected finite "
+                            f"pixels in [0, 1] (`gradprom data check` lists every such row): clean or drop those "
+                            f"images and convert again.")
         if len(rows) == n:  # one dtype (the usual case): decode straight into `out`, no temporary
             np.divide(pix, np.float32(SCALE[dt]), out=out, dtype=np.float32, casting="unsafe")
         else:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from gradprom.platform.atomic import atomic_path
 from gradprom.platform.data.readers.base import SPLITS, Sample
-from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.errors import ConfigError, DataError, cut
 from gradprom.platform.store.format import (
     COMMON_METADATA,
     FORMAT,
@@ -48,7 +48,7 @@ PART_BYTES = 256 << 20  # raw bytes per part file before a new one is started
 def check_site(site: str) -> str:
     """A site name that is safe as a directory name (site=<name>)."""
     if not SITE_RE.match(site):
-        raise ConfigError(f"--site {site!r}: expected letters, digits, '_', '-' or '.', starting with a letter or "
+        raise ConfigError(f"--site {cut(site)}: expected letters, digits, '_', '-' or '.', starting with a letter or "
                           f"digit, at most 64 characters (it names the directory site=<name>).")
     return site
 
@@ -58,6 +58,15 @@ def make_readable(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)
+
+
+def existing_hashes(store: Store) -> dict[str, tuple[str, str]]:
+    """Content hash -> (site, source) of every image a store holds (reads only those two columns)."""
+    out: dict[str, tuple[str, str]] = {}
+    for part, table in store.iter_tables(store.parts, ["hash", "source"]):
+        for h, src in zip(table.column("hash").to_pylist(), table.column("source").to_pylist(), strict=True):
+            out.setdefault(h, (part.site, src))
+    return out
 
 
 class _PartWriter:
@@ -114,7 +123,7 @@ class StoreWriter:
     Use as a context manager: leaving the block normally commits, an exception aborts.
     """
 
-    def __init__(self, path: str | Path, site: str, provenance: dict[str, Any]):
+    def __init__(self, path: str | Path, site: str, provenance: dict[str, Any], allow_duplicates: bool = False):
         self.path = Path(path)
         self.site = check_site(site)
         self.provenance = provenance
@@ -126,24 +135,51 @@ class StoreWriter:
         self.id = uuid.uuid4().hex[:8]
         self._lock = None
         self.existing_sites: list[str] = []
+        self.allow_duplicates = allow_duplicates
+        self.existing_hashes: dict[str, tuple[str, str]] = {}  # content hash -> (site, source) already stored
 
     # ---- life cycle -----------------------------------------------------------------------------------
     def __enter__(self) -> StoreWriter:
         if self.path.exists() and not self.path.is_dir():
             raise DataError(f"Output {str(self.path)!r} is a file; expected a store directory (new or existing).")
-        if self.path.is_dir() and not (self.path / MANIFEST).is_file() and any(self.path.iterdir()):
+        self._take_lock()  # before looking at the directory: another conversion may be creating it right now
+        others = [p for p in self.path.iterdir() if p.name != ".lock"]
+        if not (self.path / MANIFEST).is_file() and others:
+            self._release_lock()
             raise DataError(f"Output {str(self.path)!r} is a non-empty directory but not a GradProm store (no "
-                            f"{MANIFEST}); choose a new directory (or delete the remains of an interrupted run).")
-        self.created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / ".lock", "w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+                            f"{MANIFEST}), and no conversion is writing into it now (its lock is free): it holds "
+                            f"other files or the remains of an interrupted conversion; convert into a new "
+                            f"directory.")
+        self.created = not others
         if (self.path / MANIFEST).is_file():
             store = Store(self.path)
             self.manifest = store.manifest
             self.shape = store.shape
             self.existing_sites = store.sites()
+            if not self.allow_duplicates:
+                self.existing_hashes = existing_hashes(store)
         return self
+
+    def _take_lock(self) -> None:
+        """flock `.lock` in the store directory, retrying if the directory was removed (a failed conversion
+        that created it deletes it) between opening the lock file and getting the lock."""
+        while True:
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path / ".lock", "a")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self.path / ".lock").st_ino == os.fstat(lock.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._lock = lock
+                return
+            lock.close()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         published = False
@@ -154,17 +190,16 @@ class StoreWriter:
         finally:
             if not published:  # an error in the block or in commit itself: leave no trace
                 self.abort()
-            if self._lock is not None:
-                self._lock.close()
-            if not published and self.created:
+            if not published and self.created:  # still under the lock: a waiting conversion then starts afresh
                 shutil.rmtree(self.path, ignore_errors=True)
+            self._release_lock()
 
     # ---- rows -----------------------------------------------------------------------------------------
     def add(self, s: Sample, split: str, site: str | None = None) -> None:
         """Append one sample to the (site, split) partition (site defaults to the writer's)."""
         site = site or self.site
         if split not in SPLITS:
-            raise DataError(f"{s.source}: split {split!r}; expected one of {', '.join(SPLITS)}.")
+            raise DataError(f"{s.source}: split {cut(split)}; expected one of {', '.join(SPLITS)}.")
         shape = tuple(int(v) for v in s.image.shape)
         if self.shape is None:
             self.shape = shape  # type: ignore[assignment]
@@ -178,8 +213,8 @@ class StoreWriter:
         if w is None or w.bytes >= PART_BYTES:
             if w is None:
                 if not SITE_RE.match(site):
-                    raise DataError(f"{s.source}: site {site!r}; expected letters, digits, '_', '-' or '.' (it names "
-                                    f"the directory site=<name>).")
+                    raise DataError(f"{s.source}: site {cut(site)}; expected letters, digits, '_', '-' or '.' "
+                                    f"(it names the directory site=<name>).")
                 if site in self.existing_sites:
                     log.warning("store %s already has site %r: adding more images to it", self.path, site)
             else:
@@ -187,11 +222,17 @@ class StoreWriter:
                 self.done.append(w)
             n = sum(1 for d in self.done if (d.part.site, d.part.split) == key)
             w = self.open[key] = _PartWriter(self.path, site, split, f"part-{self.id}-{n:04d}.parquet")
+        digest = content_hash(s.image)
+        if digest in self.existing_hashes:
+            where = self.existing_hashes[digest]
+            raise DataError(f"{s.source}: this image is already in the store {str(self.path)!r} (site {where[0]!r}, "
+                            f"{where[1][:200]}); converting the same content again would count it twice. Nothing "
+                            f"was added; pass --allow-duplicates if the copies are meant.")
         mask_max = None if s.mask is None else int(s.mask.max()) if s.mask.size else 0
         row = {"image": s.image.tobytes(), "dtype": s.image.dtype.name, "channels": shape[0], "height": shape[1],
                "width": shape[2], "label": s.label,
                "mask": None if s.mask is None else s.mask.astype(np.uint8).tobytes(),
-               "source": s.source, "hash": content_hash(s.image)}
+               "source": s.source, "hash": digest}
         w.add(row, s.label, mask_max)
 
     def rows(self) -> dict[str, int]:

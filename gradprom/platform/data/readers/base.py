@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gradprom.platform.data.validate import MAX_CLASSES, too_many_classes
 from gradprom.platform.errors import DataError
 
 STORED_DTYPES = ("uint8", "uint16", "float32")
@@ -79,9 +80,12 @@ def check_label(value: Any, where: str) -> int:
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise DataError(f"{where}: label {value!r} is not a number; expected an integer class 0..K-1.") from None
+        raise DataError(f"{where}: label {str(value)[:40]!r} is not a number; expected an integer class "
+                        f"0..K-1.") from None
     if not np.isfinite(f) or f != int(f) or f < 0:
-        raise DataError(f"{where}: label {value!r}; expected an integer class 0..K-1 (non-negative).")
+        raise DataError(f"{where}: label {str(value)[:40]!r}; expected an integer class 0..K-1 (non-negative).")
+    if f >= MAX_CLASSES:
+        raise too_many_classes(int(f), where)
     return int(f)
 
 

@@ -53,6 +53,8 @@ class Fitter:
     mode: str = "resize"
     shape: tuple[int, int, int] | None = None  # (C, H, W) every image must have after fitting
     first: str = ""
+    # how to fix a size misfit: `data convert` has --size; `train` on a folder has not, so it says to convert
+    size_fix: str = "pass --size H W (with --resize or --crop) to bring every image to one size"
 
     def __call__(self, s: Sample) -> Sample:
         if self.size is not None and s.image.shape[1:] != tuple(self.size):
@@ -71,7 +73,7 @@ class Fitter:
         elif tuple(s.image.shape) != self.shape:
             what = "channels" if s.image.shape[0] != self.shape[0] else "size"
             fix = ("convert grayscale and RGB sources separately" if what == "channels"
-                   else "pass --size H W (with --resize or --crop) to bring every image to one size")
+                   else self.size_fix)
             raise DataError(f"{s.source}: image of shape (C, H, W) = {tuple(s.image.shape)} differs in {what} from "
-                            f"{self.shape} ({self.first}); a store holds one shape: {fix}.")
+                            f"{self.shape} ({self.first}); all images need one shape: {fix}.")
         return s

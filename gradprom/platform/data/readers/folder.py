@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from gradprom.platform.data.readers.base import (
     check_mask,
     relative,
 )
-from gradprom.platform.errors import DataError
+from gradprom.platform.errors import DataError, cut
 
 log = logging.getLogger(__name__)
 VERSION = "1"
@@ -33,12 +34,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _KNOWN = ("file", "label", "mask", "site", "split")
 
 
+def _open_image(path: Path) -> Image.Image:
+    """Image.open, with PIL's decompression-bomb warning (between MAX_IMAGE_PIXELS and twice that; above, it
+    raises) turned into an error too: a file that claims that many pixels is never decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _bomb(path: Path, where: str, e: Exception) -> DataError:
+    return DataError(f"{where}: {str(path)!r} declares an image too large to decode safely ({str(e)[:160]}); it is "
+                     f"a decompression bomb, or a scan to downsample before converting (at most "
+                     f"{Image.MAX_IMAGE_PIXELS} pixels).")
+
+
 def read_image_file(path: Path, where: str) -> np.ndarray:
     """One PNG/JPEG -> (C, H, W) uint8 | uint16 | float32, or a DataError naming the file."""
     if not path.is_file():
         raise DataError(f"{where}: file {str(path)!r} does not exist.")
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             im.load()
             mode = im.mode
             if mode in ("1", "LA"):
@@ -46,6 +61,8 @@ def read_image_file(path: Path, where: str) -> np.ndarray:
             elif mode not in ("L", "RGB", "I", "F") and not mode.startswith("I;16"):
                 im, mode = im.convert("RGB"), "RGB"
             arr = np.array(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _bomb(path, where, e) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{where}: {str(path)!r} is not a readable PNG/JPEG image ({type(e).__name__}: {e}); "
                         f"it may be truncated or another kind of file.") from None
@@ -62,9 +79,11 @@ def read_mask_file(path: Path, shape: tuple[int, int], where: str) -> np.ndarray
     if not path.is_file():
         raise DataError(f"{where}: mask file {str(path)!r} does not exist.")
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             im.load()
             arr = np.array(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _bomb(path, where, e) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{where}: mask {str(path)!r} is not a readable image ({type(e).__name__}: {e}).") from None
     if arr.ndim != 2:
@@ -114,7 +133,7 @@ class FolderReader:
         for i, r in enumerate(self.rows):
             split = r.get("split", "")
             if split and split not in SPLITS:
-                raise DataError(f"{self._where(i)}: split {split!r}; expected one of {', '.join(SPLITS)} or empty.")
+                raise DataError(f"{self._where(i)}: split {cut(split)}; expected one of {', '.join(SPLITS)} or empty.")
             if not r.get("file"):
                 raise DataError(f"{self._where(i)}: empty `file` cell; expected an image path.")
 
@@ -133,6 +152,6 @@ class FolderReader:
             label = check_label(r["label"], where) if r.get("label") else None
             mask = read_mask_file(self.base / r["mask"], image.shape[1:], where) if r.get("mask") else None
             if label is None and mask is None:
-                raise DataError(f"{where}: {r['file']!r} has neither a label nor a mask.")
+                raise DataError(f"{where}: {cut(r['file'])} has neither a label nor a mask.")
             yield Sample(image=image, source=relative(path, self.base), label=label, mask=mask,
                          split=r.get("split") or None, site=r.get("site") or None, group=r["file"])

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 
 from gradprom.platform.data.readers.base import SPLITS, Sample
-from gradprom.platform.errors import ConfigError, DataError
+from gradprom.platform.errors import ConfigError, DataError, cut
 
 
 @dataclass
@@ -41,10 +41,10 @@ class SplitRule:
             except ValueError:
                 fr = ()
             if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
-                raise ConfigError(f"--split-by {text!r}: random needs three fractions train,val,test >= 0 "
+                raise ConfigError(f"--split-by {cut(text)}: random needs three fractions train,val,test >= 0 "
                                   f"summing to 1, e.g. random:0.8,0.1,0.1.")
             return cls("random", fractions=fr, seed=seed)  # type: ignore[arg-type]
-        raise ConfigError(f"--split-by {text!r}; expected auto, source, random[:T,V,S], train, val or test.")
+        raise ConfigError(f"--split-by {cut(text)}; expected auto, source, random[:T,V,S], train, val or test.")
 
     def __call__(self, s: Sample) -> str:
         if self.kind == "fixed":
