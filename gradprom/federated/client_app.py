@@ -22,7 +22,7 @@ from gradprom.platform.errors import GradPromError
 from .config import build_federation, from_run_config
 from .faults import fault_mod
 from .partition import info_from_config, load_site, site_name
-from .privacy import DP_WEIGHT
+from .privacy import DP_WEIGHT, as_float
 from .strategy import SITE_RECORD, from_record, to_record
 from .task import GATE_KEYS, evaluate_arrays, site_datasets, train_site
 
@@ -69,6 +69,7 @@ def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message
     arrays = res.arrays
     if fed.dp != "none":  # Flower's DP wrappers assume a plain mean: every site weighs 1
         res.metrics[DP_WEIGHT] = 1.0
+        arrays = as_float(arrays)  # Flower clips and noises every array in place; integer buffers cannot take it
     if fed.gate_level == "server":
         arrays = {**arrays, GATE_KEYS[0]: res.sum_ge, GATE_KEYS[1]: res.sum_gr}
     return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(res.metrics),
@@ -88,6 +89,8 @@ def handle_evaluate(msg: Message, context: Context, raw: dict[str, Any]) -> Mess
     except Exception as e:
         raise _site_error(k, e) from None
     reply = {"num-examples": len(site.val), **metrics}
+    if fed.dp != "none":  # the strategy weighs evaluation replies by the same key
+        reply[DP_WEIGHT] = 1.0
     return Message(RecordDict({"metrics": MetricRecord({n: float(v) for n, v in reply.items()}),
                                SITE_RECORD: ConfigRecord({"site": k})}), reply_to=msg)
 

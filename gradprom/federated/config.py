@@ -131,14 +131,6 @@ def build_federation(data: dict[str, Any] | None = None, source: str = "defaults
     if "degradation" in (raw.get("data") or {}) and not {"noise_min", "noise_max"} & set(fed_raw):
         # an explicit degradation is what the sites' scanners do: the built-in noise ramp would override it
         fed_raw = {**fed_raw, "noise_min": None, "noise_max": None}
-    if fed_raw.get("dp", "none") != "none":
-        # Flower's DP noise goes on every array; BatchNorm's running variances would turn negative (NaN outputs)
-        norm = (raw.get("model") or {}).get("recognizer_norm")
-        if norm == "batch":
-            raise ConfigError(f"Invalid configuration ({source}): `federated.dp: {fed_raw['dp']}` adds noise to "
-                              f"every array the sites send, BatchNorm's running variances too; use "
-                              f"`model.recognizer_norm: instance` (the default under DP) instead of 'batch'.")
-        raw = {**raw, "model": {**(raw.get("model") or {}), "recognizer_norm": "instance"}}
     cfg = build_config(raw, source=source)
     try:
         fed = FedConfig.model_validate(fed_raw)

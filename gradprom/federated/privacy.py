@@ -40,6 +40,18 @@ DP_WEIGHT = "dp-weight"
 ACCOUNTED = ("client-fixed", "server-fixed")
 
 
+def as_float(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Integer buffers (BatchNorm's num_batches_tracked) as float32, so that Flower can clip and noise them;
+    the receiving model casts them back to its own dtype."""
+    return {k: a if a.dtype.kind == "f" else a.astype(np.float32) for k, a in arrays.items()}
+
+
+def after_release(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Post-processing of the noised aggregate (it costs no privacy): BatchNorm running variances, which the
+    noise can push below zero, are floored at zero (the layer adds its eps)."""
+    return {k: np.maximum(a, 0).astype(a.dtype) if k.endswith("running_var") else a for k, a in arrays.items()}
+
+
 def make_accountant(dp: str, fl_strategy: str, noise_multiplier: float, hospitals: int, delta: float):
     """Flower's RDP accountant where Flower supports it (fixed clipping, FedAvg's aggregation, noise > 0)."""
     if dp not in ACCOUNTED or fl_strategy not in ("fedavg", "fedprox") or noise_multiplier <= 0:

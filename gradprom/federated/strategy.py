@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 from gradprom.platform.checkpoint import save_checkpoint
 
 from .partition import site_name
-from .privacy import DP_WEIGHT, WRAPPERS, make_accountant, private_pair, wrap
+from .privacy import DP_WEIGHT, WRAPPERS, after_release, make_accountant, private_pair, wrap
 from .records import RoundsRecorder
 from .task import GATE_KEYS, all_finite
 
@@ -141,6 +141,8 @@ class RecordingMixin:
             pairs = [private_pair(pairs, float(self.clipping_norm), noise, sampled)]
             weights = [1.0]
         arrays, metrics = super().aggregate_train(server_round, keep)
+        if arrays is not None and self.dp_pair is not None:
+            arrays = to_record(after_release(from_record(arrays)))
         self.aggregated[rnd] = len(keep) if arrays is not None else 0
         if arrays is None:
             log.warning("round %d: the strategy released no aggregate (DP: a sampled site is missing); the global "

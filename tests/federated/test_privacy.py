@@ -13,7 +13,7 @@ from gradprom.federated.client_app import clip_when_asked_mod
 from gradprom.federated.config import build_federation
 from gradprom.federated.driver import small_site_warnings
 from gradprom.federated.partition import site_degradation
-from gradprom.federated.privacy import DP_WEIGHT, private_pair
+from gradprom.federated.privacy import DP_WEIGHT, after_release, as_float, private_pair
 from gradprom.federated.records import RoundsRecorder
 from gradprom.federated.strategy import SITE_RECORD, build_strategy, from_record, to_record
 from gradprom.platform.errors import ConfigError
@@ -155,14 +155,22 @@ def test_explicit_degradation_switches_the_noise_ramp_off_unless_the_ramp_is_giv
 
 
 def test_dp_config_rules():
-    cfg, fed = build_federation({"federated": {"dp": "server-fixed"}})
-    assert cfg.model.recognizer_norm == "instance"
-    with pytest.raises(ConfigError, match="recognizer_norm: instance"):
-        build_federation({"model": {"recognizer_norm": "batch"}, "federated": {"dp": "adaptive"}})
+    _, fed = build_federation({"federated": {"dp": "server-fixed", "dp_noise_multiplier": 0.3}})
+    assert (fed.dp, fed.dp_noise_multiplier, fed.dp_clipping_norm) == ("server-fixed", 0.3, 1.0)
     with pytest.raises(ConfigError, match="client-fixed"):
         build_federation({"federated": {"dp": "client-fixed", "gate_level": "server"}})
     with pytest.raises(ConfigError, match="federated.dp"):
         build_federation({"federated": {"dp": "local"}})
+
+
+def test_released_aggregate_keeps_batchnorm_variances_usable():
+    noisy = {"r.bn.running_var": np.array([-0.2, 0.5], np.float32), "r.bn.weight": np.array([-0.2], np.float32),
+             "r.bn.num_batches_tracked": np.array(3, np.int64)}
+    sent = as_float(noisy)
+    assert sent["r.bn.num_batches_tracked"].dtype == np.float32  # Flower's in-place clipping needs floats
+    out = after_release(sent)
+    np.testing.assert_array_equal(out["r.bn.running_var"], [0.0, 0.5])
+    np.testing.assert_array_equal(out["r.bn.weight"], noisy["r.bn.weight"])  # weights may be negative: untouched
 
 
 def test_small_site_warning_names_the_site_and_the_batch():
