@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from gradprom.platform.figures import plt, save_figure
 
 
@@ -42,7 +44,8 @@ def save_rounds(path: Path, rows: list[dict[str, Any]]) -> bool:
                 n = sum(s["num_examples"] for s in mine)
                 gate.append(sum(s["gate_open_rate"] * s["num_examples"] for s in mine) / n if n else math.nan)
         axes[1].plot(rounds, gate, color="black", lw=2.5, marker="s", label="global")
-    for ax, title in zip(axes, ("val PSNR (dB)", "gate-open rate")):
+    for ax, title in zip(axes, ("val PSNR (dB)", "gate-open rate (global: server gate, or the sites' mean)")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
