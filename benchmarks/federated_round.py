@@ -18,6 +18,7 @@ SecAgg+ is not built (Flower 1.42 has it only for the legacy strategies; see the
 
 Usage: python benchmarks/federated_round.py [--hospitals 4] [--local-steps 8] [--image-size 64] [--rounds 3]
                                             [--dp-noise 0.1] [--dp-clip 1.0] [--skip-local]
+                                            [--variants local:none,server:server-fixed,...]
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--dp-noise", type=float, default=0.1, help="federated.dp_noise_multiplier of the DP runs")
     ap.add_argument("--dp-clip", type=float, default=1.0, help="federated.dp_clipping_norm of the DP runs")
     ap.add_argument("--skip-local", action="store_true", help="only the privacy table (no one-process baseline)")
+    ap.add_argument("--variants", default="local:none,local:server-fixed,local:client-fixed,server:none,"
+                    "server:server-fixed", help="gate_level:dp pairs of the privacy table (the first is the baseline)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -126,8 +129,7 @@ def warm_round(rows: list[dict]) -> float:
 def privacy_table(raw: dict, args, start: dict, pair_bytes: int) -> None:
     """The federation with and without DP, local and server gating, side by side."""
     n = raw["federated"]["hospitals"]
-    variants = [("local", "none"), ("local", "server-fixed"), ("local", "client-fixed"), ("server", "none"),
-                ("server", "server-fixed")]
+    variants = [tuple(v.split(":")) for v in args.variants.split(",")]
     print(f"privacy: dp_noise_multiplier {args.dp_noise}, dp_clipping_norm {args.dp_clip}, {args.rounds} rounds "
           f"(noise std on the mean update {args.dp_noise * args.dp_clip / n:.4g})")
     print(f"  {'gate':6s} {'dp':12s} {'warm round s':>12s} {'MB/round':>9s} {'epsilon':>8s} "

@@ -73,7 +73,7 @@ class RecordingMixin:
         self.node_sites: dict[int, str] = {}
         self.sampled: dict[int, list[int]] = {}
         self.round_start: dict[int, ArrayRecord] = {}
-        self.dp_pair: tuple[float, int] | None = None  # (noise multiplier, sampled sites) under DP
+        self.dp_on = False  # under DP: the server gate's pair is clipped and noised like the weights
 
     def _site_of(self, msg: Message) -> str:
         node = msg.metadata.src_node_id
@@ -136,17 +136,17 @@ class RecordingMixin:
                         rnd, len(keep), self.min_answers)
             self.aggregated[rnd] = 0
             return None, None
-        if self.dp_pair is not None and pairs:  # before the wrapper may adapt its clipping norm
-            noise, sampled = self.dp_pair
-            pairs = [private_pair(pairs, float(self.clipping_norm), noise, sampled)]
+        if self.dp_on and pairs:  # the wrapper's own norm and noise, before it adapts the norm
+            pairs = [private_pair(pairs, float(self.clipping_norm), float(self.noise_multiplier),
+                                  self.num_sampled_clients)]
             weights = [1.0]
         arrays, metrics = super().aggregate_train(server_round, keep)
-        if arrays is not None and self.dp_pair is not None:
+        if arrays is not None and self.dp_on:
             arrays = to_record(after_release(from_record(arrays)))
         self.aggregated[rnd] = len(keep) if arrays is not None else 0
         if arrays is None:
-            log.warning("round %d: the strategy released no aggregate (DP: a sampled site is missing); the global "
-                        "model is kept", rnd)
+            log.warning("round %d: the strategy released no aggregate (under DP with an accountant: a sampled "
+                        "site did not answer usably); the global model is kept", rnd)
         if arrays is not None and self.server_gate is not None and pairs:
             arrays = self.server_gate(rnd, self.round_start[server_round], arrays, pairs, weights)
         return arrays, metrics
@@ -191,8 +191,7 @@ def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fract
         strategy = wrap(dp, inner, cls, clipping_norm=dp_clipping_norm, noise_multiplier=dp_noise_multiplier,
                         num_sampled=sampled, accountant=accountant)
     strategy.setup_recording(recorder, round_offset, server_gate, updates_dir, min_answers)
-    if dp != "none":
-        strategy.dp_pair = (dp_noise_multiplier, strategy.num_sampled_clients)
+    strategy.dp_on = dp != "none"
     return strategy
 
 

@@ -178,3 +178,34 @@ def test_small_site_warning_names_the_site_and_the_batch():
                                                                      "error": None}]
     (w,) = small_site_warnings(rows, batch_size=8)
     assert "hospital-1 has 5 training images" in w and "data.batch_size = 8" in w
+
+
+def test_under_accounted_dp_a_failed_site_means_no_release_and_the_model_is_kept(tmp_path):
+    from flwr.app import Error
+
+    rng = np.random.default_rng(0)
+    start = {"w": rng.normal(size=N).astype(np.float32)}
+    rec = RoundsRecorder(RunDir(tmp_path), "classification")
+    strategy = build_strategy("fedavg", rec, min_nodes=3, hospitals=3, dp="server-fixed", dp_clipping_norm=1.0,
+                              dp_noise_multiplier=1.0)
+    instructions = sorted(strategy.configure_train(1, to_record(start), ConfigRecord({}), ThreeNodes()),
+                          key=lambda m: m.metadata.dst_node_id)
+    replies = _replies(instructions[:2], start, [rng.normal(size=N).astype(np.float32)] * 2, [10, 10])
+    replies.append(Message(Error(code=0, reason="hospital-2: injected crash"), reply_to=instructions[2]))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is None and strategy.aggregated[1] == 0
+    assert strategy.privacy_spent().num_releases == 0  # nothing released, nothing spent
+    assert [(r["site"], r["status"]) for r in rec.rows] == [("hospital-0", "ok"), ("hospital-1", "ok"),
+                                                            ("hospital-2", "failed")]
+
+
+def test_a_resumed_run_counts_its_earlier_rounds_as_releases(tmp_path):
+    rec = RoundsRecorder(RunDir(tmp_path), "classification")
+    fresh = build_strategy("fedavg", rec, min_nodes=3, hospitals=3, dp="client-fixed", dp_noise_multiplier=1.0)
+    resumed = build_strategy("fedavg", rec, min_nodes=3, hospitals=3, dp="client-fixed", dp_noise_multiplier=1.0,
+                             round_offset=2)
+    assert fresh.privacy_spent().num_releases == 0 and resumed.privacy_spent().num_releases == 2
+    assert resumed.privacy_spent().epsilon > 0
+    # adaptive clipping and fedadam get no accountant from Flower: epsilon is not reported
+    assert build_strategy("fedadam", rec, min_nodes=3, hospitals=3, dp="server-fixed", dp_noise_multiplier=1.0,
+                          eta=0.01, eta_l=0.01, tau=1e-3).accountant is None
