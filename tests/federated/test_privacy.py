@@ -209,3 +209,14 @@ def test_a_resumed_run_counts_its_earlier_rounds_as_releases(tmp_path):
     # adaptive clipping and fedadam get no accountant from Flower: epsilon is not reported
     assert build_strategy("fedadam", rec, min_nodes=3, hospitals=3, dp="server-fixed", dp_noise_multiplier=1.0,
                           eta=0.01, eta_l=0.01, tau=1e-3).accountant is None
+
+
+def test_dashboard_summary_names_the_privacy_parameters():
+    from gradprom.dashboard.views.federation import privacy_text
+
+    assert privacy_text({}) == "no DP" and privacy_text({"dp": "none"}) == "no DP"
+    assert privacy_text({"dp": "server-fixed", "dp_clipping_norm": 2.0, "dp_noise_multiplier": 0.5,
+                         "dp_delta": 1e-5, "dp_epsilon": 16.513}) == (
+        "DP server-fixed (clipping norm 2, noise multiplier 0.5, ε 16.5 at δ 1e-05)")
+    assert privacy_text({"dp": "adaptive", "dp_clipping_norm": 1.0, "dp_noise_multiplier": 1.0,
+                         "dp_epsilon": None}).endswith("ε not accounted)")
