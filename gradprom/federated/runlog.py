@@ -45,7 +45,7 @@ def federation_logging(run_path: Path, verbose: bool) -> Iterator[Path]:
     flwr_log, ray_log, root = logging.getLogger("flwr"), logging.getLogger("ray"), logging.getLogger()
     consoles = [h for h in flwr_log.handlers if type(h).__name__ == "ConsoleHandler"]
     before = [(h, h.level) for h in consoles]
-    update_console_handler(level=logging.DEBUG if verbose else logging.WARNING, colored=_isatty())
+    update_console_handler(level=logging.INFO if verbose else logging.WARNING, colored=_isatty())  # INFO: its default
     for h in consoles:
         h.addFilter(_not_the_banner)
     # Ray's start-up FutureWarning about accelerator env vars on zero-GPU actors: keep today's behaviour, no warning
