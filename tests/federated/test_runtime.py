@@ -1,4 +1,4 @@
-"""`gradprom federate` as a user sees it (issue 19): a quiet console unless -v, every Flower line in
+"""`gradprom federate` as a user sees it (issue 19): a quiet console unless -v (in-process), every Flower line in
 <run>/log.txt, no deprecation banner, sites degraded by --degradation, figures/rounds.png, and a real
 simulation under differential privacy with the server gate (run.json records the privacy parameters)."""
 
@@ -14,19 +14,18 @@ from gradprom.platform.rundir import RunDir
 
 from ._fed import run_cli, tiny
 
-pytestmark = pytest.mark.slow
 FLOWER_INFO = "aggregate_train: Received"  # Flower's INFO line of every aggregation
 
 
 def _federate(tmp, name: str, *flags: str, **federated):
     cfg_path = tmp / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny(tmp / "runs", name, **federated)))
-    rc, out = run_cli([*flags, "federate", "--config", str(cfg_path)] if flags and flags[0] == "-v"
-                      else ["federate", "--config", str(cfg_path), *flags], tmp, name)
+    rc, out = run_cli(["federate", "--config", str(cfg_path), *flags], tmp, name)
     assert rc == 0, out[-3000:]
     return RunDir(tmp / "runs" / name), out
 
 
+@pytest.mark.slow
 def test_quiet_dp_federation_with_degradation_server_gate_figures_and_log(tmp_path):
     run, out = _federate(tmp_path, "dp", "--degradation", "gaussian:sigma=0.25", "--dp", "server-fixed",
                          "--dp-noise-multiplier", "0.5", "--dp-clipping-norm", "2.0", hospitals=2, rounds=2,
@@ -54,6 +53,22 @@ def test_quiet_dp_federation_with_degradation_server_gate_figures_and_log(tmp_pa
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_verbose_brings_flowers_lines_back(tmp_path):
-    _, out = _federate(tmp_path, "verbose", "-v", hospitals=1, rounds=1, evaluate_sites=False)
-    assert FLOWER_INFO in out
+def test_verbose_brings_flowers_lines_back_and_log_txt_always_has_them(tmp_path, capfd):
+    """In-process (the simulation above covers the quiet side end to end): Flower's own logger and console."""
+    import logging
+
+    from flwr.common.logger import log
+
+    from gradprom.federated.runlog import federation_logging
+
+    for verbose in (False, True):
+        with federation_logging(tmp_path / str(verbose), verbose) as path:
+            log(logging.INFO, "%s %s", FLOWER_INFO, verbose)
+            log(logging.WARNING, "The `run_simulation` function is deprecated and will be removed")
+        err = capfd.readouterr().err
+        assert (f"{FLOWER_INFO} {verbose}" in err) == verbose, err
+        assert "deprecated" not in err  # the banner is dropped from the console, verbose or not
+        text = path.read_text()
+        assert f"{FLOWER_INFO} {verbose}" in text and "The `run_simulation` function is deprecated" in text
+    log(logging.INFO, "after the run")  # the console handler is back at Flower's default
+    assert "after the run" in capfd.readouterr().err
