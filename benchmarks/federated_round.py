@@ -9,13 +9,22 @@ Side by side, in one run:
   bytes         the ArrayRecord bytes sent per round (global model to every site, its weights back, and the
                 client-side evaluation round) against the model's size, for `gate_level` local and server
                 (server gating also returns the two summed enhancer gradients)
+  privacy       the same federation with `federated.dp` none / server-fixed / client-fixed at `gate_level` local,
+                and none / server-fixed at `gate_level` server: warm round time, bytes per round (DP sends the
+                integer buffers as float32), and the server gate's open rate and cos per round with and without
+                noise (--dp-noise, --dp-clip)
+
+SecAgg+ is not built (Flower 1.42 has it only for the legacy strategies; see the README's privacy section).
 
 Usage: python benchmarks/federated_round.py [--hospitals 4] [--local-steps 8] [--image-size 64] [--rounds 3]
+                                            [--dp-noise 0.1] [--dp-clip 1.0] [--skip-local]
+                                            [--variants local:none,server:server-fixed,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -29,6 +38,7 @@ import torch  # noqa: E402
 
 from gradprom.federated.config import build_federation  # noqa: E402
 from gradprom.federated.partition import load_dataset, load_site  # noqa: E402
+from gradprom.federated.privacy import as_float  # noqa: E402
 from gradprom.federated.simulation import simulate  # noqa: E402
 from gradprom.federated.strategy import to_record  # noqa: E402
 from gradprom.federated.task import get_arrays, new_models, train_site  # noqa: E402
@@ -45,6 +55,11 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=8)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the simulation (round 1 is the cold one)")
+    ap.add_argument("--dp-noise", type=float, default=0.1, help="federated.dp_noise_multiplier of the DP runs")
+    ap.add_argument("--dp-clip", type=float, default=1.0, help="federated.dp_clipping_norm of the DP runs")
+    ap.add_argument("--skip-local", action="store_true", help="only the privacy table (no one-process baseline)")
+    ap.add_argument("--variants", default="local:none,local:server-fixed,local:client-fixed,server:none,"
+                    "server:server-fixed", help="gate_level:dp pairs of the privacy table (the first is the baseline)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -55,12 +70,19 @@ def main() -> None:
     _, info = load_dataset(cfg)
     start = get_arrays(new_models(cfg, info))
 
-    # --- one process: the same local work, site after site --------------------------------------------------
     sites = [load_site(cfg, fed, k) for k in range(fed.hospitals)]
+    server = build_federation({**raw, "federated": {**raw["federated"], "gate_level": "server"}})[1]
+    pair = train_site(cfg, server, info, sites[0], start, 1)
+    pair_bytes = record_bytes({"a": pair.sum_ge, "b": pair.sum_gr})
+    if args.skip_local:
+        privacy_table(raw, args, start, pair_bytes)
+        return
+
+    # --- one process: the same local work, site after site --------------------------------------------------
     train_site(cfg, fed, info, sites[0], start, 1)  # warm-up (first-call allocations)
     t0 = time.perf_counter()
     for s in sites:
-        res = train_site(cfg, fed, info, s, start, 1)
+        train_site(cfg, fed, info, s, start, 1)
     local = time.perf_counter() - t0
 
     # --- the simulation ----------------------------------------------------------------------------------------
@@ -77,10 +99,10 @@ def main() -> None:
 
     # --- bytes per round -----------------------------------------------------------------------------------
     model = record_bytes(start)
-    pair = 2 * res.sum_ge.nbytes if res.sum_ge is not None else 0
+    pair = pair_bytes
     n = fed.hospitals
     per_round_local = n * model + n * model + n * model  # train down, train up, evaluate down (metrics aside)
-    per_round_server = per_round_local + n * record_bytes({"a": res.sum_ge, "b": res.sum_gr})
+    per_round_server = per_round_local + n * pair_bytes
 
     print(f"federated round: {n} hospitals x {args.local_steps} local steps, {args.image_size}x{args.image_size} "
           f"phantoms, batch {cfg.data.batch_size}, {os.cpu_count()} CPUs")
@@ -94,6 +116,42 @@ def main() -> None:
           f"the model ({n} sites x (down + up + evaluate down))")
     print(f"  bytes per round, gate_level server   : {per_round_server / 1e6:7.3f} MB = "
           f"{per_round_server / model:.1f}x the model (+ sum_ge, sum_gr: {pair / 1e6:.3f} MB per site)")
+    privacy_table(raw, args, start, pair_bytes)
+
+
+def warm_round(rows: list[dict]) -> float:
+    """The fastest round after the first, from rounds.parquet's clock (the global rows)."""
+    glob = {r["round"]: r["time"] for r in rows if r["site"] == "global"}
+    warm = [glob[r] - glob[r - 1] for r in sorted(glob) if r - 1 in glob]
+    return min(warm) if warm else float("nan")
+
+
+def privacy_table(raw: dict, args, start: dict, pair_bytes: int) -> None:
+    """The federation with and without DP, local and server gating, side by side."""
+    n = raw["federated"]["hospitals"]
+    variants = [tuple(v.split(":")) for v in args.variants.split(",")]
+    print(f"privacy: dp_noise_multiplier {args.dp_noise}, dp_clipping_norm {args.dp_clip}, {args.rounds} rounds "
+          f"(noise std on the mean update {args.dp_noise * args.dp_clip / n:.4g})")
+    print(f"  {'gate':6s} {'dp':12s} {'warm round s':>12s} {'MB/round':>9s} {'epsilon':>8s} "
+          f"{'test psnr':>9s}  server gate open / cos per round")
+    base_time = None
+    for gate, dp in variants:
+        fed = {**raw["federated"], "gate_level": gate, "dp": dp, "dp_noise_multiplier": args.dp_noise,
+               "dp_clipping_norm": args.dp_clip}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = simulate({**raw, "federated": fed, "run": {"out": tmp, "name": f"{gate}-{dp}"}})
+            rows = pq.read_table(Path(path) / "rounds.parquet").to_pylist()
+            info = json.loads((Path(path) / "run.json").read_text())
+        t = warm_round(rows)
+        base_time = t if base_time is None else base_time
+        model = record_bytes(as_float(start) if dp != "none" else start)
+        mb = (3 * n * model + (n * pair_bytes if gate == "server" else 0)) / 1e6
+        eps = info.get("dp_epsilon")
+        glob = sorted((r for r in rows if r["site"] == "global"), key=lambda r: r["round"])
+        per_round = " ".join(f"{r['server_gate_open']:.0f}/{r['server_cos']:+.3f}" for r in glob
+                             if r["server_gate_open"] is not None) or "-"
+        print(f"  {gate:6s} {dp:12s} {t:9.2f} ({t / base_time:4.2f}x) {mb:9.3f} "
+              f"{'-' if eps is None else f'{eps:8.2f}':>8s} {info['test']['psnr']:9.2f}  {per_round}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ FLAGS: FlagTable = {
     "size_skew": "federated.size_skew", "proximal_mu": "federated.proximal_mu", "num_cpus": "federated.num_cpus",
     "tau": ("gradprom.tau", "sites; the server gate with --gate-level server"), "task": "task",
     "data": ("data.source", "a store with --set federated.use_store_sites=true: one hospital per stored site"),
+    "degradation": ("data.degradation", "every site's scanner/dose, unless --set federated.noise_min/noise_max "
+                    "keep the ramp"),
+    "dp": "federated.dp", "dp_clipping_norm": "federated.dp_clipping_norm",
+    "dp_noise_multiplier": "federated.dp_noise_multiplier",
     "seed": "seed", "out": "run.out", "name": ("run.name", "null: federated-<strategy>-<task>-<time>"),
 }
 METAVARS = {"data": "SOURCE", "out": "DIR", "name": "NAME", "strategy": "NAME"}
@@ -97,7 +101,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
     run_path = Path(args.resume) if args.resume else run_path_for(raw)
     preflight(raw, run_path, bool(args.resume))
     _print_sites(cfg, fed)
-    path = simulate(raw, run_path=run_path, resume=bool(args.resume))
+    path = simulate(raw, run_path=run_path, resume=bool(args.resume), verbose=bool(getattr(args, "verbose", False)))
     _print_summary(path)
     return 0
 

@@ -12,15 +12,18 @@ import logging
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from gradprom.platform.errors import GradPromError
 
 from .config import build_federation, from_run_config
 from .faults import fault_mod
 from .partition import info_from_config, load_site, site_name
-from .strategy import from_record, to_record
+from .privacy import DP_WEIGHT, as_float
+from .strategy import SITE_RECORD, from_record, to_record
 from .task import GATE_KEYS, evaluate_arrays, site_datasets, train_site
 
 log = logging.getLogger(__name__)
@@ -64,9 +67,13 @@ def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message
     except Exception as e:
         raise _site_error(k, e) from None
     arrays = res.arrays
+    if fed.dp != "none":  # Flower's DP wrappers assume a plain mean: every site weighs 1
+        res.metrics[DP_WEIGHT] = 1.0
+        arrays = as_float(arrays)  # Flower clips and noises every array in place; integer buffers cannot take it
     if fed.gate_level == "server":
         arrays = {**arrays, GATE_KEYS[0]: res.sum_ge, GATE_KEYS[1]: res.sum_gr}
-    return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(res.metrics)}), reply_to=msg)
+    return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(res.metrics),
+                               SITE_RECORD: ConfigRecord({"site": k})}), reply_to=msg)
 
 
 def handle_evaluate(msg: Message, context: Context, raw: dict[str, Any]) -> Message:
@@ -81,15 +88,30 @@ def handle_evaluate(msg: Message, context: Context, raw: dict[str, Any]) -> Mess
         metrics = evaluate_arrays(cfg, info, from_record(msg.content["arrays"]), val_ds)
     except Exception as e:
         raise _site_error(k, e) from None
-    reply = {"num-examples": len(site.val), "site": k, **metrics}
-    return Message(RecordDict({"metrics": MetricRecord({n: float(v) for n, v in reply.items()})}), reply_to=msg)
+    reply = {"num-examples": len(site.val), **metrics}
+    if fed.dp != "none":  # the strategy weighs evaluation replies by the same key
+        reply[DP_WEIGHT] = 1.0
+    return Message(RecordDict({"metrics": MetricRecord({n: float(v) for n, v in reply.items()}),
+                               SITE_RECORD: ConfigRecord({"site": k})}), reply_to=msg)
+
+
+def clip_when_asked_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's fixedclipping_mod when the server's DP wrapper sent a clipping norm (`dp: client-fixed`),
+    else a pass-through (the mod itself fails a message without one)."""
+    conf = msg.content.config_records.get("config")
+    if conf is not None and KEY_CLIPPING_NORM in conf:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
 
 
 def make_client_app(raw: dict[str, Any] | None = None) -> ClientApp:
     """A ClientApp with the federation's config fixed (simulation) or read from the run config (None)."""
     client = ClientApp()
-    has_faults = raw is None or bool((raw.get("federated") or {}).get("faults"))
+    fed_raw = (raw or {}).get("federated") or {}
+    has_faults = raw is None or bool(fed_raw.get("faults"))
     mods = [fault_mod(lambda context: _config(raw, context))] if has_faults else []
+    if raw is None or fed_raw.get("dp") == "client-fixed":  # clips the update the site sends, after any fault
+        mods.insert(0, clip_when_asked_mod)
 
     @client.train(mods=mods)
     def train(msg: Message, context: Context) -> Message:

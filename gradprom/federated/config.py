@@ -52,8 +52,10 @@ class FedConfig(BaseModel):
     size_skew: float = F(0.5, "size: site k gets a share ~ (1 + size_skew)^-k of the images (0 = equal)", ge=0.0,
                          le=10.0)
     noise_min: float | None = F(0.05, "scanner/dose ramp: site k's input is gaussian:sigma=s_k, s_k spread over "
-                                "[noise_min, noise_max] (null: every site uses data.degradation)", ge=0.0)
-    noise_max: float | None = F(0.2, "upper end of the scanner/dose ramp", ge=0.0)
+                                "[noise_min, noise_max] (null: every site uses data.degradation). Giving "
+                                "data.degradation (--degradation) without noise_min/noise_max switches the ramp "
+                                "off, so the sites use that degradation", ge=0.0)
+    noise_max: float | None = F(0.2, "upper end of the scanner/dose ramp (see noise_min for when it is off)", ge=0.0)
     site_val_fraction: float = F(0.2, "share of each site's images kept for its own validation", gt=0.0, lt=1.0)
     use_store_sites: bool = F(False, "a store with a site column: one hospital per stored site")
     sites: dict[int, SiteOverride] = Field(default_factory=dict, description="per-site overrides by index")
@@ -73,6 +75,17 @@ class FedConfig(BaseModel):
     min_nodes: int | None = F(None, "sites that must be connected before a round starts (null = all)", ge=1)
     min_answers: int = F(1, "a round updates the global model only when this many sites answered usably", ge=1)
     round_timeout_s: float = F(600.0, "seconds a round waits for replies", gt=0.0)
+    # --- privacy (Flower's differential-privacy wrappers and client mods) --------------------------------
+    dp: Literal["none", "client-fixed", "server-fixed", "adaptive"] = F(
+        "none", "differential privacy of the aggregate: client-fixed (each site clips its update, the server adds "
+        "noise), server-fixed (the server clips each update and adds noise), adaptive (server-side clipping whose "
+        "norm follows a quantile of the update norms). Under DP every site weighs equally in the mean")
+    dp_clipping_norm: float = F(1.0, "dp: L2 norm each site's weight update (new - global, E and R together) is "
+                                "clipped to; adaptive: the initial norm", gt=0.0)
+    dp_noise_multiplier: float = F(1.0, "dp: Gaussian noise std on the mean update = noise_multiplier * clipping "
+                                   "norm / sampled sites", ge=0.0)
+    dp_delta: float = F(1e-5, "dp: the delta at which epsilon is reported (fixed clipping with fedavg/fedprox, "
+                        "Flower's RDP accountant)", gt=0.0, lt=1.0)
     # --- runtime -----------------------------------------------------------------------------------------
     cpus_per_client: float = F(1.0, "simulation: Ray CPUs per ClientApp", gt=0.0)
     num_cpus: int | None = F(None, "simulation: CPUs of the private Ray instance (null = one per site, up to all)",
@@ -95,6 +108,10 @@ class FedConfig(BaseModel):
                 raise ValueError(f"`federated.faults` names site {f.site}, but there are {self.hospitals} hospitals")
         if self.min_answers > self.hospitals:
             raise ValueError(f"`federated.min_answers` ({self.min_answers}) exceeds `hospitals` ({self.hospitals})")
+        if self.dp == "client-fixed" and self.gate_level == "server":
+            raise ValueError("`federated.dp: client-fixed` clips the reply's weights in Flower's fixedclipping_mod, "
+                             "which refuses extra arrays; the server gate's (sum_ge, sum_gr) travel beside them. Use "
+                             "`dp: server-fixed` or `adaptive` with `gate_level: server`")
         if self.min_nodes is not None and self.min_nodes > self.hospitals:
             raise ValueError(f"`federated.min_nodes` ({self.min_nodes}) exceeds `hospitals` ({self.hospitals})")
         return self
@@ -111,6 +128,9 @@ def build_federation(data: dict[str, Any] | None = None, source: str = "defaults
     fed_raw = raw.pop("federated", None) or {}
     if not isinstance(fed_raw, dict):
         raise ConfigError(f"Invalid configuration ({source}): `federated` must be a mapping of fields.")
+    if "degradation" in (raw.get("data") or {}) and not {"noise_min", "noise_max"} & set(fed_raw):
+        # an explicit degradation is what the sites' scanners do: the built-in noise ramp would override it
+        fed_raw = {**fed_raw, "noise_min": None, "noise_max": None}
     cfg = build_config(raw, source=source)
     try:
         fed = FedConfig.model_validate(fed_raw)

@@ -31,7 +31,9 @@ from gradprom.platform.metrics import task_metric_name
 from gradprom.platform.rundir import RunDir, versions, write_parquet
 
 from .config import build_federation, federation_dict, save_federation
+from .figures import save_rounds
 from .partition import describe_sites, load_dataset
+from .privacy import privacy_header, privacy_spent
 from .records import RoundsRecorder
 from .server_gate import make_server_gate
 from .strategy import build_strategy, from_record
@@ -59,6 +61,13 @@ def preflight(raw: dict[str, Any], path: Path, resume: bool) -> None:
             raise ConfigError(f"{str(run.path)!r} already ran {done} rounds (federated.rounds = {fed.rounds}); "
                               f"pass --rounds larger than {done} to continue it.")
     load_dataset(cfg)  # a missing or malformed data source is a clear error here, not in a Flower thread
+
+
+def small_site_warnings(sites: list[dict], batch_size: int) -> list[str]:
+    """A line for every site with fewer training images than one batch (its every step sees its whole split)."""
+    return [f"{s['site']} has {s['num_train']} training images, fewer than a batch (data.batch_size = {batch_size}): "
+            f"each of its local steps sees its whole split as one smaller batch"
+            for s in sites if not s["error"] and 0 < s["num_train"] < batch_size]
 
 
 def _weighted(rows: list[dict], key: str) -> float | None:
@@ -91,7 +100,9 @@ class FederationRun:
             fraction_train=fed.fraction_train, evaluate_sites=fed.evaluate_sites, round_offset=self.done,
             server_gate=make_server_gate(cfg, self.models, self.gate_info) if fed.gate_level == "server" else None,
             updates_dir=self.run.path / "updates" if fed.record_updates else None, proximal_mu=fed.proximal_mu,
-            eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau)
+            eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau, dp=fed.dp,
+            dp_clipping_norm=fed.dp_clipping_norm, dp_noise_multiplier=fed.dp_noise_multiplier,
+            dp_delta=fed.dp_delta, hospitals=fed.hospitals)
 
     def _restore(self) -> tuple[int, list[dict], float]:
         """The global model and tables of the last checkpointed round."""
@@ -122,9 +133,12 @@ class FederationRun:
         for s in sites:
             if s["error"]:
                 log.error("%s", s["error"])
+        for warning in small_site_warnings(sites, cfg.data.batch_size):
+            log.warning("%s", warning)
         header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
                       **cfg.gate_variant, data=cfg.data.source, hospitals=fed.hospitals, rounds=fed.rounds,
                       fl_strategy=fed.strategy, gate_level=fed.gate_level, local_steps=fed.local_steps,
+                      **privacy_header(fed),
                       versions=versions())
         saved = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": None})})
         return self.life.running("federated", header, save=lambda path: save_federation(saved, fed, path))
@@ -141,6 +155,8 @@ class FederationRun:
         rec.global_row(rnd, val, g_open, g_cos, aggregated=self.strategy.aggregated.get(rnd, 0) > 0,
                        needed=fed.min_answers)
         rec.write()
+        if cfg.run.figures_every_epoch:
+            save_rounds(run.figures / "rounds.png", rec.rows)
         site_rows = [r for r in rec.rows if r["round"] == rnd and r["site"] != "global" and r["status"] == "ok"]
         gate_rate = g_open if g_open is not None else _weighted(site_rows, "gate_open_rate")
         mean_cos = g_cos if g_cos is not None else _weighted(site_rows, "mean_cos")
@@ -161,5 +177,10 @@ class FederationRun:
         test = evaluate_arrays(self.cfg, self.info, get_arrays(self.models), self.held["test"])
         self.epoch_rows.append({"epoch": self.fed.rounds, "split": "test", "step": self.fed.rounds, **test})
         self.run.write_epochs(self.epoch_rows)
-        self.life.finished(test=test)
+        save_rounds(self.run.figures / "rounds.png", self.recorder.rows)
+        extra = privacy_spent(self.strategy) if self.fed.dp != "none" else {}
+        if extra.get("dp_epsilon") is not None:
+            log.info("differential privacy: epsilon %.3f at delta %g after %d releases", extra["dp_epsilon"],
+                     extra["dp_delta"], extra["dp_releases"])
+        self.life.finished(test=test, **extra)
         return test

@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 from gradprom.platform.checkpoint import save_checkpoint
 
 from .partition import site_name
+from .privacy import DP_WEIGHT, WRAPPERS, after_release, make_accountant, private_pair, wrap
 from .records import RoundsRecorder
 from .task import GATE_KEYS, all_finite
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 # set by a SIGINT/SIGTERM handler (simulation.py): the federation stops before its next round
 STOP = threading.Event()
 BASES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
+# the replying site travels in its own ConfigRecord: a MetricRecord's fields are averaged by the strategy
+SITE_RECORD = "site"
 _SITE_IN_REASON = re.compile(r"hospital-(\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -70,12 +73,12 @@ class RecordingMixin:
         self.node_sites: dict[int, str] = {}
         self.sampled: dict[int, list[int]] = {}
         self.round_start: dict[int, ArrayRecord] = {}
+        self.dp_on = False  # under DP: the server gate's pair is clipped and noised like the weights
 
     def _site_of(self, msg: Message) -> str:
         node = msg.metadata.src_node_id
-        if not msg.has_error():
-            m = next(iter(msg.content.metric_records.values()))
-            self.node_sites[node] = site_name(int(m["site"]))
+        if not msg.has_error() and SITE_RECORD in msg.content.config_records:
+            self.node_sites[node] = site_name(int(msg.content.config_records[SITE_RECORD]["site"]))
         elif node not in self.node_sites:
             found = _SITE_IN_REASON.search(msg.error.reason or "")
             if found:
@@ -133,8 +136,17 @@ class RecordingMixin:
                         rnd, len(keep), self.min_answers)
             self.aggregated[rnd] = 0
             return None, None
-        self.aggregated[rnd] = len(keep)
+        if self.dp_on and pairs:  # the wrapper's own norm and noise, before it adapts the norm
+            pairs = [private_pair(pairs, float(self.clipping_norm), float(self.noise_multiplier),
+                                  self.num_sampled_clients)]
+            weights = [1.0]
         arrays, metrics = super().aggregate_train(server_round, keep)
+        if arrays is not None and self.dp_on:
+            arrays = to_record(after_release(from_record(arrays)))
+        self.aggregated[rnd] = len(keep) if arrays is not None else 0
+        if arrays is None:
+            log.warning("round %d: the strategy released no aggregate (under DP with an accountant: a sampled "
+                        "site did not answer usably); the global model is kept", rnd)
         if arrays is not None and self.server_gate is not None and pairs:
             arrays = self.server_gate(rnd, self.round_start[server_round], arrays, pairs, weights)
         return arrays, metrics
@@ -150,10 +162,12 @@ class RecordingMixin:
 
 def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fraction_train: float = 1.0,
                    evaluate_sites: bool = True, round_offset: int = 0, server_gate=None,
-                   updates_dir: Path | None = None, min_answers: int = 1, **params: Any):
-    """The Flower strategy `name` (fedavg | fedprox | fedadam | fedyogi), recording into `recorder`."""
+                   updates_dir: Path | None = None, min_answers: int = 1, dp: str = "none",
+                   dp_clipping_norm: float = 1.0, dp_noise_multiplier: float = 0.0, dp_delta: float = 1e-5,
+                   hospitals: int | None = None, **params: Any):
+    """The Flower strategy `name` (fedavg | fedprox | fedadam | fedyogi), recording into `recorder`; with `dp`
+    (client-fixed | server-fixed | adaptive) inside Flower's DP wrapper (privacy.py)."""
     base = BASES[name]
-    cls = type(f"Recorded{base.__name__}", (RecordingMixin, base), {})
     kwargs = dict(fraction_train=fraction_train, fraction_evaluate=1.0 if evaluate_sites else 0.0,
                   min_train_nodes=min_nodes,
                   min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes)
@@ -161,8 +175,23 @@ def build_strategy(name: str, recorder: RoundsRecorder, *, min_nodes: int, fract
         kwargs["proximal_mu"] = params["proximal_mu"]
     elif name in ("fedadam", "fedyogi"):
         kwargs.update(eta=params["eta"], eta_l=params["eta_l"], tau=params["tau"])
-    strategy = cls(**kwargs)
+    if dp == "none":
+        strategy = type(f"Recorded{base.__name__}", (RecordingMixin, base), {})(**kwargs)
+    else:
+        hospitals = hospitals or min_nodes
+        # Flower's sampling once every site is connected: max(int(n * fraction), min_train_nodes)
+        sampled = max(int(hospitals * fraction_train), min_nodes)
+        inner = base(**kwargs, weighted_by_key=DP_WEIGHT)
+        accountant = make_accountant(dp, name, dp_noise_multiplier, hospitals, dp_delta)
+        if accountant is not None and round_offset:  # a resumed run: count the earlier rounds as releases
+            from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+            accountant.compose(GaussianPrivacyEvent(dp_noise_multiplier, sampled, hospitals), count=round_offset)
+        cls = type(f"Recorded{WRAPPERS[dp].__name__}", (RecordingMixin, WRAPPERS[dp]), {})
+        strategy = wrap(dp, inner, cls, clipping_norm=dp_clipping_norm, noise_multiplier=dp_noise_multiplier,
+                        num_sampled=sampled, accountant=accountant)
     strategy.setup_recording(recorder, round_offset, server_gate, updates_dir, min_answers)
+    strategy.dp_on = dp != "none"
     return strategy
 
 

@@ -197,7 +197,7 @@ def train_site(cfg: Config, fed: FedConfig, info: DataInfo, site: Site, arrays: 
     stats = runner.train_epoch(server_round, local_batches(train_ds, scfg, first_epoch), fed.local_steps)
     gate = stats.gate()
     val, _ = evaluate_split(models, val_ds, cfg, info, torch.device("cpu"))
-    metrics = {"num-examples": len(site.train), "site": k, "loss_e": stats.mean("loss_e"),
+    metrics = {"num-examples": len(site.train), "loss_e": stats.mean("loss_e"),
                "loss_r": stats.mean("loss_r"),
                "gate_open_rate": gate["gate_open_rate"], "mean_cos": gate["mean_cos"],
                "norm_ge": stats.mean("norm_ge"), "norm_gr": stats.mean("norm_gr"),

@@ -127,6 +127,17 @@ def global_figure(rows: list[dict[str, Any]], metrics: list[str]) -> go.Figure:
     return fig
 
 
+def privacy_text(info: dict[str, Any]) -> str:
+    """The federation's differential-privacy parameters from run.json, in one phrase."""
+    dp = info.get("dp")
+    if not dp or dp == "none":
+        return "no DP"
+    eps = info.get("dp_epsilon")
+    spent = f", ε {eps:.3g} at δ {info.get('dp_delta'):g}" if isinstance(eps, (int, float)) else ", ε not accounted"
+    return (f"DP {dp} (clipping norm {info.get('dp_clipping_norm'):g}, noise multiplier "
+            f"{info.get('dp_noise_multiplier'):g}{spent})")
+
+
 def register(app, root: Path) -> None:
     """Callbacks of the federation page."""
 
@@ -152,7 +163,8 @@ def register(app, root: Path) -> None:
         info = run.info
         summary = html.P(f"status {info.get('status', '')} · {info.get('hospitals', '?')} hospitals · round "
                          f"{max((r['round'] for r in rows), default=0)} of {info.get('rounds', '?')} · "
-                         f"{info.get('fl_strategy', '')} · gate level {info.get('gate_level', '?')}", id="fed-status")
+                         f"{info.get('fl_strategy', '')} · gate level {info.get('gate_level', '?')} · "
+                         f"{privacy_text(info)}", id="fed-status")
         sites = [{k: cell(v) for k, v in r.items()} for r in (sites_t.to_pylist() if sites_t is not None else [])]
         cols = [c for c in ROUND_COLUMNS if any(c in r for r in rows)]
         shown = sorted(rows, key=lambda r: (-(r.get("round") or 0), r.get("site") == GLOBAL, str(r.get("site"))))
