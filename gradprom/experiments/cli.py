@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .grid import DEFAULT_STRATEGIES, DEGRADATIONS, PRESETS, STRATEGIES, TASKS
+from .grid import DEFAULT_STRATEGIES, DEGRADATIONS, PRESET_AXES, PRESETS, STRATEGIES, TASKS
 
 
 def register(sub) -> None:
@@ -18,12 +18,16 @@ def register(sub) -> None:
                                    "its own recognizer and with one frozen clean recognizer, and writes "
                                    "results.parquet and report/report.md.")
     p.add_argument("--preset", default="quick", choices=list(PRESETS),
-                   help="quick: <= 30 min on 2 CPU cores (default); paper: full size, for a GPU")
+                   help="quick: <= 30 min on 2 CPU cores (default); medium: the testbed with a task signal "
+                        "(phantoms v2, warm-started R, 6 seeds, about 1 h on 2 idle cores); paper: full size, "
+                        "for a GPU")
     p.add_argument("--data", default="phantoms", help="phantoms (default) or a dataset the engine reads (.npz)")
     p.add_argument("--out", default="experiments/grid", help="output directory (default: experiments/grid)")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}")
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: classification,segmentation")
-    p.add_argument("--degradations", default=",".join(DEGRADATIONS),
+    p.add_argument("--strategies", default=None, help=f"comma-separated, from {', '.join(STRATEGIES)} (default: "
+                   f"the preset's; quick: {','.join(DEFAULT_STRATEGIES)})")
+    p.add_argument("--tasks", default=None, help="comma-separated: classification,segmentation (default: the "
+                   "preset's; medium: classification)")
+    p.add_argument("--degradations", default=None,
                    help=f"comma-separated, from {', '.join(f'{k} ({v})' for k, v in DEGRADATIONS.items())}")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's, 3)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -42,8 +46,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runner import run_grid
 
-    spec = GridSpec(preset=args.preset, strategies=_split(args.strategies), tasks=_split(args.tasks),
-                    degradations=_split(args.degradations), seeds=args.seeds, data=args.data, device=args.device)
+    axes = PRESET_AXES.get(args.preset, {})
+    given = (("strategies", args.strategies, DEFAULT_STRATEGIES), ("tasks", args.tasks, TASKS),
+             ("degradations", args.degradations, DEGRADATIONS))
+    pick = {name: _split(v) if v is not None else list(axes.get(name, default)) for name, v, default in given}
+    spec = GridSpec(preset=args.preset, **pick, seeds=args.seeds, data=args.data, device=args.device)
     spec.validate()
     out = Path(args.out)
     if args.report_only:
@@ -52,6 +59,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         if not (out / "results.parquet").is_file():
             raise DataError(f"--report-only: {str(out / 'results.parquet')!r} does not exist; run the grid first.")
         rows = pq.read_table(out / "results.parquet").to_pylist()
+        if (out / "pilot.json").is_file():
+            import json
+
+            spec.lambda_r = {t: v["lambda_r"] for t, v in json.loads((out / "pilot.json").read_text()).items()}
     else:
         rows = run_grid(spec, out)
     md = write_report(out, spec, rows, command="gradprom " + shlex.join(sys.argv[1:]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gradprom.platform.strategies import REGISTRY, STRATEGY_PRESETS
@@ -49,6 +50,18 @@ class Preset:
     # gradient at x_hat is much weaker than cross-entropy's: at 0.1 joint training did not move PSNR at all on
     # the phantoms (no conflict to study), at 1.0 it cost about 3 dB (measured on seeds 0 and 1).
     lambda_r: tuple[tuple[str, float], ...] = (("classification", 0.1), ("segmentation", 1.0))
+    # the testbed (platform/data/phantoms.py): generator version and texture contrast of the phantoms
+    phantom_version: int = 1
+    texture_contrast: float = 0.06
+    # epochs of a clean recognizer of the cells' own architecture that every cell's R starts from
+    # (recognizer_mode stays joint: R is fine-tuned on E's output); 0: R starts from scratch
+    warm_start_epochs: int = 0
+    recognizer_norm: str = "batch"  # instance: g_r of one image does not depend on its batch (audit D13)
+    # None: lambda_r above. A number t: a pilot on the training split (one joint cell of seed 0, never the
+    # test split) measures the median ‖g_r‖/‖g_e‖ at lambda_r = 1 and sets lambda_r = t / that median, the
+    # same rule for every task (g_r is linear in lambda_r); pilot.json records it (runner.calibrate_lambda_r)
+    lambda_r_target_ratio: float | None = None
+    pilot_epochs: int = 2
 
 
 PRESETS = {
@@ -58,9 +71,27 @@ PRESETS = {
     # full size, for a GPU
     "paper": Preset(image_size=128, num_train=8192, num_val=512, num_test=1024, epochs=40, batch_size=32,
                     enhancer_channels=(32, 64, 128, 256), recognizer_channels=(32, 64, 128, 256), frozen_epochs=40),
+    # the medium evidence grid (evidence audit §5): phantoms v2 whose class the clean judge reads (>= 0.9) and
+    # the noise hides, R warm-started from a clean recognizer, lambda_r calibrated by the norm-ratio pilot,
+    # 6 seeds (sign-flip p down to 2/64), 20 epochs x 20 steps = 400 steps per cell, 256 test images. Cost:
+    # the audit measured 0.088 s per optimizer step at 48² on 2 idle cores (quick preset, evaluation
+    # included), so 400 steps + ~3 s evaluation ≈ 38 s per cell; the default medium grid (classification,
+    # gaussian + lowdose, MEDIUM_STRATEGIES, 6 seeds: 96 cells) ≈ 61 min, plus ~2 min for the two clean
+    # recognizers and the pilot. Run: gradprom experiment --preset medium --out experiments/medium
+    "medium": Preset(image_size=48, num_train=640, num_val=64, num_test=256, epochs=20, batch_size=32,
+                     enhancer_channels=(8, 16, 32), recognizer_channels=(8, 16, 32), frozen_epochs=40, seeds=6,
+                     phantom_version=2, texture_contrast=0.14, warm_start_epochs=20, recognizer_norm="instance",
+                     lambda_r_target_ratio=0.5),
     # tests: seconds per cell
     "micro": Preset(image_size=32, num_train=64, num_val=16, num_test=32, epochs=2, batch_size=16,
                     enhancer_channels=(4, 8), recognizer_channels=(4, 8), frozen_epochs=2, seeds=2),
+}
+
+
+# what a preset runs when the command line names no strategies / tasks / degradations
+MEDIUM_STRATEGIES = ("enhance_only", "joint", "pcgrad", "cosine_weighted", "gradprom", *ADAM_VARIANTS)
+PRESET_AXES: dict[str, dict[str, tuple[str, ...]]] = {
+    "medium": {"strategies": MEDIUM_STRATEGIES, "tasks": ("classification",), "degradations": ("gaussian", "lowdose")},
 }
 
 
@@ -89,6 +120,7 @@ class GridSpec:
     seeds: int | None = None  # None: the preset's
     data: str = "phantoms"
     device: str = "auto"
+    lambda_r: dict[str, float] | None = None  # per task, set by the pilot (runner.calibrate_lambda_r)
 
     def cells(self) -> list[Cell]:
         """Cells ordered so that each (task, degradation, seed) group finishes together."""
@@ -108,6 +140,12 @@ class GridSpec:
         if self.seeds is not None and self.seeds < 1:
             raise ConfigError(f"experiment seeds: got {self.seeds}; expected at least 1.")
 
+    def task_weight(self, task: str) -> float:
+        """lambda_r of `task`: the pilot's when it ran, else the preset's fixed value."""
+        if self.lambda_r and task in self.lambda_r:
+            return float(self.lambda_r[task])
+        return dict(PRESETS[self.preset].lambda_r)[task]
+
     def cell_config(self, cell: Cell, out: str) -> dict[str, Any]:
         """The engine config (nested dict) of one cell."""
         p = PRESETS[self.preset]
@@ -115,10 +153,18 @@ class GridSpec:
                                 "batch_size": p.batch_size}
         if self.data == "phantoms":
             data.update(image_size=p.image_size, num_train=p.num_train, num_val=p.num_val, num_test=p.num_test)
-        return {"task": cell.task, "seed": cell.seed, "data": data,
-                "model": {"enhancer_channels": list(p.enhancer_channels),
-                          "recognizer_channels": list(p.recognizer_channels)},
-                "gradprom": {**STRATEGIES[cell.strategy], "lambda_r": dict(p.lambda_r)[cell.task]},
+            if p.phantom_version != 1 or p.texture_contrast != 0.06:  # the quick preset's cells stay as they were
+                data.update(phantom_version=p.phantom_version, texture_contrast=p.texture_contrast)
+        model: dict[str, Any] = {"enhancer_channels": list(p.enhancer_channels),
+                                 "recognizer_channels": list(p.recognizer_channels)}
+        if p.recognizer_norm != "batch":
+            model["recognizer_norm"] = p.recognizer_norm
+        gp: dict[str, Any] = {**STRATEGIES[cell.strategy], "lambda_r": self.task_weight(cell.task)}
+        if p.warm_start_epochs:
+            from .frozen import frozen_path
+
+            gp["recognizer_checkpoint"] = str(frozen_path(Path(out).parent / "frozen", cell.task, "warm"))
+        return {"task": cell.task, "seed": cell.seed, "data": data, "model": model, "gradprom": gp,
                 "optim": {"epochs": p.epochs},
                 "run": {"out": out, "name": cell.id, "device": self.device, "figures_every_epoch": False,
                         "num_threads": p.threads}}
