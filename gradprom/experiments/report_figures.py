@@ -53,7 +53,8 @@ def scatter_figure(path: Path, panels: list[dict]) -> Path:
         ax.set_ylabel(p["ylabel"])
         ax.set_title(p["title"], fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="best")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=6, loc="best")
     fig.suptitle("seed means; error bars: seed SD", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
@@ -138,7 +139,8 @@ def learning_curves(path: Path, runs: Path, strategies: list[str], task: str, de
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, loc="best")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=6, loc="best")
     fig.suptitle(f"{task} · {deg} · learning curves, mean of seeds {seeds}, band min..max", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

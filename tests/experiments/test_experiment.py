@@ -24,17 +24,22 @@ def _sha(p: Path) -> str:
 @pytest.mark.slow
 def test_micro_grid_writes_table_report_figures_and_reuses_cells(tmp_path, capsys):
     out = tmp_path / "grid"
-    argv = ["-q", "experiment", "--preset", "micro", "--strategies", "enhance_only,gradprom", "--tasks",
+    argv = ["-q", "experiment", "--preset", "micro", "--strategies", "enhance_only,joint,gradprom", "--tasks",
             "classification", "--degradations", "gaussian", "--out", str(out)]
     assert main(argv) == 0
     rows = pq.read_table(out / "results.parquet").to_pylist()
     cells = [r for r in rows if r["cell"]]
     assert sorted((r["strategy"], r["seed"]) for r in cells) == [("enhance_only", 0), ("enhance_only", 1),
-                                                                  ("gradprom", 0), ("gradprom", 1)]
+                                                                  ("gradprom", 0), ("gradprom", 1),
+                                                                  ("joint", 0), ("joint", 1)]
     for r in cells:
-        for k in ("psnr", "ssim", "task_joint", "task_frozen", "gate_open_rate", "mean_cos", "neg_cos_share"):
+        for k in ("psnr", "ssim", "task_joint", "task_frozen", "gate_open_rate", "mean_cos", "neg_cos_share",
+                  "norm_ratio_median"):
             assert r[k] is not None and r[k] == r[k], (k, r)
         assert r["gate_open_rate"] == (0.0 if r["strategy"] == "enhance_only" else r["gate_open_rate"])
+        assert r["norm_ratio_median"] > 0
+        # the judge's class histogram: one share per class, summing to 1
+        assert abs(sum(float(x) for x in r["pred_hist"].split("/")) - 1) < 0.02
     refs = {(r["strategy"], r["seed"]) for r in rows if not r["cell"]}
     assert refs == {("degraded input", 0), ("degraded input", 1), ("clean", 0), ("clean", 1)}
     # the table agrees with each cell's own files
@@ -47,16 +52,43 @@ def test_micro_grid_writes_table_report_figures_and_reuses_cells(tmp_path, capsy
 
     md = (out / "report" / "report.md").read_text()
     for part in ("## classification · gaussian", "| enhance_only |", "| gradprom |", "| degraded input |",
-                 "Paired tests", "## Conclusions", "figures/gate-classification-gaussian.png",
-                 "figures/samples-classification-gaussian.png"):
+                 "## Premise", "| classification | gaussian | accuracy |", "judge classes", "| 95% CI |",
+                 "q (BH)", "median ‖g_r‖/‖g_e‖", "gradprom − enhance_only (vs enhance_only) | PSNR (dB)",
+                 "loss upper bound", "## Conclusions", "figures/gate-classification-gaussian.png",
+                 "figures/samples-classification-gaussian.png", "figures/curves-classification-gaussian.png",
+                 "figures/scatter.png", "smallest possible p is 0.5"):
         assert part in md, part
-    for fig in ("gate-classification-gaussian.png", "samples-classification-gaussian.png"):
+    # non-inferiority verdicts, one per strategy against enhance_only
+    assert md.count("non-inferior; loss upper bound") + md.count("| lower PSNR") >= 2
+    assert "keeps enhance_only's image quality" in md or "not shown to keep enhance_only's" in md \
+        or "costs image quality" in md
+    for fig in ("gate-classification-gaussian.png", "samples-classification-gaussian.png", "scatter.png",
+                "curves-classification-gaussian.png"):
         assert (out / "report" / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # re-running reuses every finished cell: no training, the run files are untouched
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == stamps
+
+
+@pytest.mark.slow
+def test_a_judge_trained_with_another_config_is_not_reused(tmp_path):
+    """Audit D14: the clean judge records what it was trained on; another contrast raises instead of reusing."""
+    from gradprom.platform.errors import ConfigError
+
+    spec = GridSpec(preset="micro", strategies=["joint"], tasks=["classification"], degradations=["gaussian"], seeds=1)
+    raw = spec.cell_config(spec.cells()[0], str(tmp_path / "runs"))
+    path = ensure_frozen_recognizer(raw, tmp_path / "frozen", 1, torch.device("cpu"))
+    assert ensure_frozen_recognizer(raw, tmp_path / "frozen", 1, torch.device("cpu")) == path  # same: reused
+    other = {**raw, "data": {**raw["data"], "texture_contrast": 0.2}}
+    with pytest.raises(ConfigError, match=r"another configuration \(data\)"):
+        ensure_frozen_recognizer(other, tmp_path / "frozen", 1, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="epochs"):
+        ensure_frozen_recognizer(raw, tmp_path / "frozen", 2, torch.device("cpu"))
+    # the judge is independent of the cells' recognizer: another architecture for classification
+    sd = torch.load(path, weights_only=True)
+    assert sd["identity"]["recognizer"] == "densenet" and sd["identity"]["seed"] != 0
 
 
 @pytest.mark.slow

@@ -1,0 +1,74 @@
+"""The premise check and the report's task conclusions, on results tables built by hand (no training)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradprom.experiments import premise as prem
+from gradprom.experiments.grid import GridSpec
+from gradprom.experiments.report import write_report
+
+
+def _rows(clean: list[float], degraded: list[float], eo: list[float], joint: list[float],
+          task: str = "classification", deg: str = "gaussian") -> list[dict]:
+    rows = []
+    for seed, (c, d, e, j) in enumerate(zip(clean, degraded, eo, joint)):
+        base = {"task": task, "degradation": deg, "seed": seed}
+        rows += [{**base, "cell": None, "strategy": "clean", "psnr": None, "task_frozen": c, "pred_hist": "0.34/0.33/0.33"},
+                 {**base, "cell": None, "strategy": "degraded input", "psnr": 21.0, "task_frozen": d,
+                  "pred_hist": "1.00/0.00/0.00"},
+                 {**base, "cell": f"eo{seed}", "strategy": "enhance_only", "psnr": 26.0 + 0.1 * seed, "task_frozen": e,
+                  "gate_open_rate": 0.0, "mean_cos": -0.01, "neg_cos_share": 0.52, "norm_ratio_median": 0.5},
+                 {**base, "cell": f"j{seed}", "strategy": "joint", "psnr": 25.0 + 0.1 * seed, "task_frozen": j,
+                  "gate_open_rate": 1.0, "mean_cos": -0.2, "neg_cos_share": 0.8, "norm_ratio_median": 0.5}]
+    return rows
+
+
+def test_premise_holds_when_the_judge_reads_clean_images_and_joint_helps_it():
+    # 6 seeds: clean 0.95, degraded 0.50 (headroom 0.45 -> margin max(0.045, 2 SE)), joint beats eo by ~0.1
+    rows = _rows([0.95] * 6, [0.50, 0.52, 0.48, 0.50, 0.51, 0.49], [0.60] * 6,
+                 [0.70, 0.71, 0.69, 0.72, 0.68, 0.70])
+    p = prem.check(rows, "classification")
+    assert p["holds"] and not p["reasons"]
+    # SE of the degraded score across seeds: SD 0.01414 / sqrt(6) = 0.005774; 2 SE < 10% of headroom 0.045
+    assert p["margin"] == pytest.approx(0.045)
+    assert p["joint_gain"] == pytest.approx(0.1)
+    assert p["hist"]["degraded input"] == "1.00/0.00/0.00"
+    assert "task conclusions are drawn here" in prem.statement("x", p)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("weak judge", "does not read the class"),
+    ("no headroom", "no headroom"),
+    ("joint does not help", "joint training does not help the independent judge"),
+])
+def test_a_failed_premise_says_the_setting_cannot_show_task_help(case, reason):
+    clean, degraded, eo, joint = [0.95] * 6, [0.5] * 6, [0.6] * 6, [0.7, 0.71, 0.69, 0.72, 0.68, 0.70]
+    if case == "weak judge":
+        clean = [0.75] * 6
+    elif case == "no headroom":
+        degraded = [0.94, 0.95, 0.93, 0.95, 0.94, 0.96]
+    else:
+        joint = [0.61, 0.58, 0.60, 0.62, 0.59, 0.60]
+    p = prem.check(_rows(clean, degraded, eo, joint), "classification")
+    assert not p["holds"] and any(reason in r for r in p["reasons"]), p["reasons"]
+    text = prem.statement("**classification · gaussian**", p)
+    assert "cannot show a strategy helping the task" in text and "No task conclusion is drawn" in text
+    assert ("is itself a finding" in text) == (case == "joint does not help")
+
+
+def test_the_report_of_a_failed_premise_draws_no_task_conclusion(tmp_path):
+    """write_report on a hand-built results table: the premise fails (weak judge), so the Conclusions hold no
+    task verdict, while the quality statements remain."""
+    rows = _rows([0.70] * 6, [0.40] * 6, [0.45] * 6, [0.55] * 6)
+    spec = GridSpec(preset="micro", strategies=["enhance_only", "joint"], tasks=["classification"],
+                    degradations=["gaussian"], seeds=6)
+    md = write_report(tmp_path, spec, rows).read_text()
+    assert "| classification | gaussian | accuracy | 0.700 | 0.400 | 0.450 |" in md
+    assert "| fails |" in md
+    assert "this setting cannot show a strategy helping the task" in md
+    conclusions = md.split("## Conclusions", 1)[1]
+    assert "judged independently" not in conclusions and "helps the task" not in conclusions
+    # the conflict is stated from the enhance_only path only: 52% negative, mean cos -0.010
+    assert "cos(g_e, g_r) < 0 on 52% of steps (mean cos -0.010)" in conclusions
+    assert (tmp_path / "report" / "figures" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
