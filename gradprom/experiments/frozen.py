@@ -61,8 +61,9 @@ def _identity(cfg, role: str, epochs: int) -> dict[str, Any]:
             "seed": JUDGE_SEED if role == "judge" else 0}
 
 
-def train_recognizer(cfg, epochs: int, device: torch.device, seed: int) -> torch.nn.Module:
-    """A recognizer of cfg's model trained on cfg's clean training images for `epochs` (Adam, seeded)."""
+def train_recognizer(cfg, epochs: int, device: torch.device, seed: int, inputs: str = "x_hq") -> torch.nn.Module:
+    """A recognizer of cfg's model trained on cfg's training images for `epochs` (Adam, seeded): the clean
+    ones (inputs x_hq), or the degraded ones (x_lq, upsampled to the clean size when smaller)."""
     datasets, info, _ = build_datasets(cfg)
     torch.manual_seed(seed)
     R = build_recognizer(cfg.recognizer_name, cfg.task, info.channels, info.num_outputs(cfg.task),
@@ -74,7 +75,11 @@ def train_recognizer(cfg, epochs: int, device: torch.device, seed: int) -> torch
         loader = DataLoader(datasets["train"], batch_size=cfg.data.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         for batch in loader:
-            loss = loss_fn(R(batch["x_hq"].to(device)), batch["y"].to(device))
+            x = batch[inputs]
+            if x.shape[-2:] != batch["x_hq"].shape[-2:]:
+                x = torch.nn.functional.interpolate(x, size=batch["x_hq"].shape[-2:], mode="bilinear",
+                                                    align_corners=False)
+            loss = loss_fn(R(x.to(device)), batch["y"].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

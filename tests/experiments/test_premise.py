@@ -14,7 +14,8 @@ def _rows(clean: list[float], degraded: list[float], eo: list[float], joint: lis
     rows = []
     for seed, (c, d, e, j) in enumerate(zip(clean, degraded, eo, joint)):
         base = {"task": task, "degradation": deg, "seed": seed}
-        rows += [{**base, "cell": None, "strategy": "clean", "psnr": None, "task_frozen": c, "pred_hist": "0.34/0.33/0.33"},
+        rows += [{**base, "cell": None, "strategy": "clean", "psnr": None, "task_frozen": c,
+                  "pred_hist": "0.34/0.33/0.33"},
                  {**base, "cell": None, "strategy": "degraded input", "psnr": 21.0, "task_frozen": d,
                   "pred_hist": "1.00/0.00/0.00"},
                  {**base, "cell": f"eo{seed}", "strategy": "enhance_only", "psnr": 26.0 + 0.1 * seed, "task_frozen": e,
