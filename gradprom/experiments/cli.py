@@ -29,6 +29,9 @@ def register(sub) -> None:
                    "preset's; medium: classification)")
     p.add_argument("--degradations", default=None,
                    help=f"comma-separated, from {', '.join(f'{k} ({v})' for k, v in DEGRADATIONS.items())}")
+    p.add_argument("--lambda-sweep", default=None, metavar="K1,K2,...",
+                   help="also run every task-driven strategy at these multiples of λ_r (e.g. 0.3,1,3); the report "
+                        "draws PSNR-vs-task Pareto fronts")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's, 3)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished cells")
@@ -50,6 +53,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     given = (("strategies", args.strategies, DEFAULT_STRATEGIES), ("tasks", args.tasks, TASKS),
              ("degradations", args.degradations, DEGRADATIONS))
     pick = {name: _split(v) if v is not None else list(axes.get(name, default)) for name, v, default in given}
+    if args.lambda_sweep:
+        from gradprom.platform.errors import ConfigError
+
+        from .grid import sweep_arms
+
+        try:
+            factors = [float(k) for k in _split(args.lambda_sweep)]
+        except ValueError:
+            raise ConfigError(f"--lambda-sweep: got {args.lambda_sweep!r}; expected positive numbers, e.g. "
+                              f"0.3,1,3.") from None
+        if not factors or any(k <= 0 for k in factors):
+            raise ConfigError(f"--lambda-sweep: got {args.lambda_sweep!r}; expected positive numbers, e.g. 0.3,1,3.")
+        pick["strategies"] = sweep_arms(pick["strategies"], factors)
     spec = GridSpec(preset=args.preset, **pick, seeds=args.seeds, data=args.data, device=args.device)
     spec.validate()
     out = Path(args.out)

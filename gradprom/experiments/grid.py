@@ -95,6 +95,24 @@ PRESET_AXES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+def split_arm(name: str) -> tuple[str, float]:
+    """'gradprom@3' -> ('gradprom', 3.0): an arm of the λ_r sweep runs a strategy at a multiple of λ_r."""
+    base, _, factor = name.partition("@")
+    try:
+        return base, float(factor) if factor else 1.0
+    except ValueError:
+        return name, float("nan")
+
+
+def sweep_arms(strategies: list[str], factors: list[float]) -> list[str]:
+    """Each strategy at each λ_r factor ('name@k'; factor 1 keeps the plain name); enhance_only has no λ_r."""
+    out = []
+    for s in strategies:
+        for k in ([1.0] if s == "enhance_only" else factors):
+            out.append(s if k == 1.0 else f"{s}@{k:g}")
+    return list(dict.fromkeys(out))
+
+
 @dataclass(frozen=True)
 class Cell:
     """One training run of the grid."""
@@ -132,8 +150,13 @@ class GridSpec:
         """Unknown names are user mistakes: raise ConfigError naming them."""
         from gradprom.platform.errors import ConfigError
 
-        for axis, names, known in (("strategy", self.strategies, STRATEGIES), ("task", self.tasks, TASKS),
-                                   ("degradation", self.degradations, DEGRADATIONS), ("preset", [self.preset], PRESETS)):
+        bad_arms = [n for n in self.strategies if split_arm(n)[0] in STRATEGIES and not split_arm(n)[1] > 0]
+        if bad_arms:
+            raise ConfigError(f"experiment strategy: got {bad_arms}; a λ_r sweep arm is NAME@FACTOR with a positive "
+                              f"number, e.g. gradprom@0.3.")
+        for axis, names, known in (("strategy", [split_arm(n)[0] for n in self.strategies], STRATEGIES),
+                                   ("task", self.tasks, TASKS), ("degradation", self.degradations, DEGRADATIONS),
+                                   ("preset", [self.preset], PRESETS)):
             bad = [n for n in names if n not in known]
             if bad or not names:
                 raise ConfigError(f"experiment {axis}: got {bad or names}; choose from {', '.join(known)}.")
@@ -159,7 +182,8 @@ class GridSpec:
                                  "recognizer_channels": list(p.recognizer_channels)}
         if p.recognizer_norm != "batch":
             model["recognizer_norm"] = p.recognizer_norm
-        gp: dict[str, Any] = {**STRATEGIES[cell.strategy], "lambda_r": self.task_weight(cell.task)}
+        base, factor = split_arm(cell.strategy)
+        gp: dict[str, Any] = {**STRATEGIES[base], "lambda_r": self.task_weight(cell.task) * factor}
         if p.warm_start_epochs:
             from .frozen import frozen_path
 

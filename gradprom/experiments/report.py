@@ -173,7 +173,8 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
                  f"{p.batch_size}, U-Net enhancer {list(p.enhancer_channels)}, seeds {seeds}."
                  if spec.data == "phantoms" else f"- Preset **{spec.preset}**, data `{spec.data}`, seeds {seeds}.")
     lines = ["# GradProm evidence report", "",
-             f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by `{command or 'gradprom experiment'}`.", "",
+             f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by "
+             f"`{command or 'gradprom experiment'}`.", "",
              data_line,
              f"- Loss weights, the same for every strategy of a cell: λ_e = 1, λ_r = {weights}, {rule}.",
              f"- Recognizer R of the cells: {p.recognizer_norm} norm; "
@@ -275,7 +276,9 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
         conclusions += _conclude(f"**{t} · {d}**", pr, comps[(t, d)], conflicts[-1])
 
     sc = rf.scatter_figure(figs / "scatter.png", scatter_panels)
+    front = rf.pareto_figure(figs / "pareto.png", scatter_panels)
     lines += ["## PSNR against the task", "", f"![PSNR vs task]({sc.relative_to(rdir)})", "",
+              *([f"![λ_r sweep, Pareto fronts]({front.relative_to(rdir)})", ""] if front else []),
               "## Does the data carry a conflict?", "",
               "Measured along the enhance_only path only: joint's own trajectory is a tug of war between the two "
               "losses and says nothing about the data.", "",

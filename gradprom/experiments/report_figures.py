@@ -26,7 +26,7 @@ STRATEGY_COLOURS = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(S
 
 
 def colour(name: str):
-    return STRATEGY_COLOURS.get(name, "0.3")
+    return STRATEGY_COLOURS.get(name.partition("@")[0], "0.3")  # a λ_r sweep arm takes its strategy's colour
 
 
 def scatter_figure(path: Path, panels: list[dict]) -> Path:
@@ -56,6 +56,38 @@ def scatter_figure(path: Path, panels: list[dict]) -> Path:
     if axes[0][-1].get_legend_handles_labels()[0]:
         axes[0][-1].legend(fontsize=6, loc="best")
     fig.suptitle("seed means; error bars: seed SD", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def pareto_figure(path: Path, panels: list[dict]) -> Path | None:
+    """λ_r sweep: per strategy, its arms' seed-mean (PSNR, task) joined in order of the λ_r factor.
+
+    panels as for scatter_figure; drawn only when some strategy ran at two or more factors."""
+    fronts = []
+    for p in panels:
+        by_base: dict[str, list[tuple[float, float, float]]] = {}
+        for name, (xs, ys) in p["points"].items():
+            base, _, k = name.partition("@")
+            by_base.setdefault(base, []).append((float(k) if k else 1.0, float(np.nanmean(xs)), float(np.nanmean(ys))))
+        fronts.append({b: sorted(v) for b, v in by_base.items() if len(v) > 1})
+    if not any(fronts):
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, p, front in zip(axes[0], panels, fronts):
+        for base, pts in front.items():
+            ks, xs, ys = zip(*pts)
+            ax.plot(xs, ys, "-o", color=colour(base), label=base, ms=4)
+            for k, x, y in pts:
+                ax.annotate(f"×{k:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("PSNR (dB)")
+        ax.set_ylabel(p["ylabel"])
+        ax.set_title(p["title"], fontsize=9)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="best")
+    fig.suptitle("λ_r sweep: seed means per multiple of the calibrated λ_r", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
     return path

@@ -73,3 +73,17 @@ def test_the_report_of_a_failed_premise_draws_no_task_conclusion(tmp_path):
     # the conflict is stated from the enhance_only path only: 52% negative, mean cos -0.010
     assert "cos(g_e, g_r) < 0 on 52% of steps (mean cos -0.010)" in conclusions
     assert (tmp_path / "report" / "figures" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lambda_sweep_arms_scale_lambda_r_and_bad_factors_are_clear_errors():
+    from gradprom.experiments.grid import sweep_arms
+    from gradprom.platform.errors import ConfigError
+
+    arms = sweep_arms(["enhance_only", "joint", "gradprom"], [0.3, 1.0, 3.0])
+    assert arms == ["enhance_only", "joint@0.3", "joint", "joint@3", "gradprom@0.3", "gradprom", "gradprom@3"]
+    spec = GridSpec(preset="micro", strategies=arms, tasks=["classification"], degradations=["gaussian"], seeds=1)
+    spec.validate()
+    lam = {c.strategy: spec.cell_config(c, "runs")["gradprom"]["lambda_r"] for c in spec.cells()}
+    assert lam["gradprom@3"] == pytest.approx(3 * lam["gradprom"]) and lam["joint@0.3"] == pytest.approx(0.03)
+    with pytest.raises(ConfigError, match="NAME@FACTOR"):
+        GridSpec(preset="micro", strategies=["gradprom@-1"]).validate()
