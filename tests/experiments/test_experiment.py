@@ -200,3 +200,38 @@ def test_the_grid_runs_on_a_users_npz_with_the_premise_table(tmp_path):
     assert {r["strategy"] for r in rows} == {"enhance_only", "joint", "clean", "degraded input"}
     per_image = pq.read_table(out / "runs" / "classification-gaussian-joint-s0" / "per_image.parquet")
     assert per_image.num_rows == 16
+
+
+@pytest.mark.slow
+def test_medium_path_warm_start_pilot_and_testbed_on_a_micro_budget(tmp_path, monkeypatch):
+    """The medium preset's machinery at micro size: phantoms v2, a warm-started R with instance norm, λ_r from
+    the norm-ratio pilot (training split only), a gate-variant arm, and the report saying so."""
+    import dataclasses
+
+    from gradprom.experiments import grid as grid_mod
+    from gradprom.platform.config import load_config_file
+
+    m = grid_mod.PRESETS["medium"]
+    tiny = dataclasses.replace(grid_mod.PRESETS["micro"], phantom_version=m.phantom_version,
+                               texture_contrast=m.texture_contrast, warm_start_epochs=1,
+                               recognizer_norm=m.recognizer_norm, lambda_r_target_ratio=m.lambda_r_target_ratio,
+                               pilot_epochs=1, seeds=1)
+    monkeypatch.setitem(grid_mod.PRESETS, "tiny-medium", tiny)
+    spec = GridSpec(preset="tiny-medium", strategies=["enhance_only", "joint", "gradprom_matched"],
+                    tasks=["classification"], degradations=["gaussian"])
+    out = tmp_path / "g"
+    run_grid(spec, out, progress=False)
+    pilot = json.loads((out / "pilot.json").read_text())["classification"]
+    assert pilot["lambda_r"] == pytest.approx(0.5 / pilot["median_norm_ratio_at_lambda_1"])
+    warm = out / "frozen" / "warm-classification.pt"
+    assert torch.load(warm, weights_only=True)["identity"]["role"] == "warm"
+    cfg = load_config_file(out / "runs" / "classification-gaussian-joint-s0" / "config.yaml")
+    assert cfg["gradprom"]["lambda_r"] == pytest.approx(pilot["lambda_r"])
+    assert cfg["gradprom"]["recognizer_checkpoint"] == str(warm)
+    assert cfg["model"]["recognizer_norm"] == "instance" and cfg["data"]["phantom_version"] == 2
+    from gradprom.experiments.report import write_report
+
+    md = write_report(out, spec, pq.read_table(out / "results.parquet").to_pylist()).read_text()
+    assert "warm-started from a recognizer trained 1 epochs on clean images" in md
+    assert "set by the pilot rule" in md and "phantoms v2" in md
+    assert "gradprom_matched − enhance_only (vs enhance_only)" in md
