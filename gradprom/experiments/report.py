@@ -194,6 +194,9 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
              f"per-seed differences) is below {QUALITY_MARGIN_DB} dB. Task margin: max(10% of the judge's "
              f"headroom clean − degraded, 2 SE of the degraded score across seeds).",
              f"- Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.", ""]
+    if spec.data != "phantoms":
+        lines[-2:-1] = [lines[-2], "- On this dataset every seed sees the same test images: the seed is still the "
+                        "unit of every test, and the image resampling within a seed is conditional on this test set."]
 
     settings = [(t, d) for t in spec.tasks for d in spec.degradations if _select(rows, task=t, degradation=d)]
     premises = {(t, d): prem.check(_select(rows, task=t, degradation=d), t) for t, d in settings}
