@@ -73,15 +73,17 @@ PRESETS = {
                     enhancer_channels=(32, 64, 128, 256), recognizer_channels=(32, 64, 128, 256), frozen_epochs=40),
     # the medium evidence grid (evidence audit §5): phantoms v2 whose class the clean judge reads (>= 0.9) and
     # the noise hides, R warm-started from a clean recognizer, lambda_r calibrated by the norm-ratio pilot,
-    # 6 seeds (sign-flip p down to 2/64), 20 epochs x 20 steps = 400 steps per cell, 256 test images. Cost:
+    # 6 seeds (sign-flip p down to 2/64), 18 epochs x 20 steps = 360 steps per cell, 256 test images. Cost:
     # the audit measured 0.088 s per optimizer step at 48² on 2 idle cores (quick preset, evaluation
-    # included), so 400 steps + ~3 s evaluation ≈ 38 s per cell; the default medium grid (classification,
-    # gaussian + lowdose, MEDIUM_STRATEGIES, 6 seeds: 96 cells) ≈ 61 min, plus ~2 min for the two clean
-    # recognizers and the pilot. Run: gradprom experiment --preset medium --out experiments/medium
+    # included); the gate variants cost <= 5% more per step (benchmarks/step_overhead.py). So 360 steps + ~3 s
+    # evaluation ≈ 35 s per cell; the default medium grid (classification, gaussian + lowdose,
+    # MEDIUM_STRATEGIES, 6 seeds: 96 cells) ≈ 56 min, plus ~2 min for the two clean recognizers (judge 40
+    # epochs, warm start 20) and the 2-epoch pilot: ≈ 58 min. benchmarks/experiment_cost.py re-measures it.
+    # Run: gradprom experiment --preset medium --out experiments/medium
     # texture_contrast 0.10 by testbed.CALIBRATION_RULE on seed 0's train/val split (gaussian sigma 0.1, 640 train,
     # 15 epochs; `python -m gradprom.experiments.testbed`): 0.08 -> clean 0.977, degraded 0.352, trained on
     # degraded 0.516 (majority 0.367, fails (b)); 0.10 -> 0.984 / 0.359 / 0.609: chosen
-    "medium": Preset(image_size=48, num_train=640, num_val=64, num_test=256, epochs=20, batch_size=32,
+    "medium": Preset(image_size=48, num_train=640, num_val=64, num_test=256, epochs=18, batch_size=32,
                      enhancer_channels=(8, 16, 32), recognizer_channels=(8, 16, 32), frozen_epochs=40, seeds=6,
                      phantom_version=2, texture_contrast=0.10, warm_start_epochs=20, recognizer_norm="instance",
                      lambda_r_target_ratio=0.5),
