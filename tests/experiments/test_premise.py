@@ -62,7 +62,10 @@ def test_the_report_of_a_failed_premise_draws_no_task_conclusion(tmp_path):
     """write_report on a hand-built results table: the premise fails (weak judge), so the Conclusions hold no
     task verdict, while the quality statements remain."""
     rows = _rows([0.70] * 6, [0.40] * 6, [0.45] * 6, [0.55] * 6)
-    spec = GridSpec(preset="micro", strategies=["enhance_only", "joint"], tasks=["classification"],
+    # a λ_r sweep arm of joint, so the report draws joint's Pareto front
+    rows += [{**r, "strategy": "joint@3", "cell": f"j3-{r['seed']}", "psnr": r["psnr"] - 1, "task_frozen": 0.6}
+             for r in rows if r["strategy"] == "joint"]
+    spec = GridSpec(preset="micro", strategies=["enhance_only", "joint", "joint@3"], tasks=["classification"],
                     degradations=["gaussian"], seeds=6)
     md = write_report(tmp_path, spec, rows).read_text()
     assert "| classification | gaussian | accuracy | 0.700 | 0.400 | 0.450 |" in md
@@ -72,7 +75,9 @@ def test_the_report_of_a_failed_premise_draws_no_task_conclusion(tmp_path):
     assert "judged independently" not in conclusions and "helps the task" not in conclusions
     # the conflict is stated from the enhance_only path only: 52% negative, mean cos -0.010
     assert "cos(g_e, g_r) < 0 on 52% of steps (mean cos -0.010)" in conclusions
-    assert (tmp_path / "report" / "figures" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+    for fig in ("scatter.png", "pareto.png"):
+        assert (tmp_path / "report" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    assert "figures/pareto.png" in md
 
 
 def test_lambda_sweep_arms_scale_lambda_r_and_bad_factors_are_clear_errors():
