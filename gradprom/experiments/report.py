@@ -33,6 +33,7 @@ from .grid import BASELINES, PRESETS, GridSpec
 QUALITY_MARGIN_DB = ss.QUALITY_MARGIN_DB
 REFERENCES = ("degraded input", "clean")
 ALPHA = 0.05
+COS_NEGLIGIBLE = 0.05  # |mean cos| below this is what near-orthogonal (uninformative) gradients give
 
 
 def _ms(values: list[float], fmt: str) -> str:
@@ -149,11 +150,13 @@ def _conflict_sentence(where: str, c: dict) -> str:
             parts.append(f"joint training is not shown to lower PSNR by more than {QUALITY_MARGIN_DB} dB against "
                          f"enhance_only (Δ {j['mean']:+.2f} dB, 95% CI {j['ci_lo']:+.2f}..{j['ci_hi']:+.2f})")
     if np.isfinite(c["neg_share"]):
-        pull = c["mean_cos"] < 0 and c["neg_share"] > 0.5
+        mc = c["mean_cos"]
+        reading = ("the task gradient tends to pull against quality" if mc <= -COS_NEGLIGIBLE else
+                   "the two gradients mostly agree" if mc >= COS_NEGLIGIBLE else
+                   f"the gradients are near-orthogonal (|mean cos| < {COS_NEGLIGIBLE}), so the data do not show "
+                   f"the task pulling against quality")
         parts.append(f"along the enhance_only path cos(g_e, g_r) < 0 on {c['neg_share']:.0%} of steps (mean cos "
-                     f"{c['mean_cos']:+.3f}): " + ("the task gradient tends to pull against quality" if pull else
-                                                   "the two gradients mostly agree or are near-orthogonal, so the "
-                                                   "data do not show the task pulling against quality"))
+                     f"{mc:+.3f}): {reading}")
     return f"{where}: " + "; ".join(parts) + "." if parts else ""
 
 

@@ -74,7 +74,7 @@ def test_the_report_of_a_failed_premise_draws_no_task_conclusion(tmp_path):
     conclusions = md.split("## Conclusions", 1)[1]
     assert "judged independently" not in conclusions and "helps the task" not in conclusions
     # the conflict is stated from the enhance_only path only: 52% negative, mean cos -0.010
-    assert "cos(g_e, g_r) < 0 on 52% of steps (mean cos -0.010)" in conclusions
+    assert "cos(g_e, g_r) < 0 on 52% of steps (mean cos -0.010): the gradients are near-orthogonal" in conclusions
     for fig in ("scatter.png", "pareto.png"):
         assert (tmp_path / "report" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     assert "figures/pareto.png" in md
