@@ -279,7 +279,8 @@ def write_report(out: Path, spec: GridSpec, rows: list[dict[str, Any]], command:
                                               [r.get(key, math.nan) for r in _select(sub, strategy=s)])
                                           for s in strategies},
                                "refs": {n: pr["clean" if n == "clean" else "degraded"] for n in REFERENCES}})
-        conclusions += _conclude(f"**{t} · {d}**", pr, comps[(t, d)], conflicts[-1])
+        conclusions += [prem.statement(f"**{t} · {d}**", pr), *_conclude(f"**{t} · {d}**", pr, comps[(t, d)],
+                                                                           conflicts[-1])]
 
     sc = rf.scatter_figure(figs / "scatter.png", scatter_panels)
     front = rf.pareto_figure(figs / "pareto.png", scatter_panels)
@@ -306,7 +307,8 @@ def _conclude(where: str, pr: dict, comps: list[dict], conflict: dict) -> list[s
     out = [_conflict_sentence(where, conflict)]
     for c in comps:
         v = c.get("verdict") or _verdict(c, pr["holds"])
-        ci = f"95% CI {c['ci_lo']:+.3g}..{c['ci_hi']:+.3g}, p {_p(c['p'])}, q {_p(c['q'])}"
+        fmt = "+.2f" if c["metric"] == "psnr" else "+.3f"
+        ci = f"95% CI {_f(c['ci_lo'], fmt)}..{_f(c['ci_hi'], fmt)}, p {_p(c['p'])}, q {_p(c['q'])}"
         if c["metric"] == "psnr" and c["b"] == "enhance_only":
             if v == "non-inferior":
                 out.append(f"{where}: {c['a']} keeps enhance_only's image quality (non-inferior: PSNR loss at most "
