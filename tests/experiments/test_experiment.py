@@ -126,7 +126,8 @@ def test_frozen_recognizer_is_really_frozen(tmp_path):
 def test_phantoms_carry_a_conflict(task):
     """At a small fixed budget (the quick preset's cell, Gaussian noise, seed 0), joint training lowers PSNR by
     more than 0.1 dB against enhance-only, and cos(g_e, g_r) < 0 on more than 30 % of the steps of the two runs
-    together (as the report counts it; segmentation measured 23 % under enhance-only and 94 % under joint)."""
+    together (pooled over both runs, as the report did before issue 21 measured it on the enhance_only path
+    alone; segmentation measured 23 % under enhance-only and 94 % under joint)."""
     import tempfile
 
     from gradprom.experiments.cells import gate_stats
