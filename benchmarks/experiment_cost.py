@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gradprom.experiments.grid import PRESET_AXES, PRESETS, Cell, GridSpec
+from gradprom.experiments.grid import PRESETS, Cell, GridSpec
 from gradprom.platform.config import build_config
 from gradprom.platform.loop import train
 
@@ -44,9 +44,7 @@ def main() -> None:
                     "machine (the audit's idle 2-core figure)")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    axes = PRESET_AXES["medium"]
-    medium = GridSpec(preset="medium", strategies=list(axes["strategies"]), tasks=list(axes["tasks"]),
-                      degradations=list(axes["degradations"]))
+    medium = GridSpec.for_preset("medium")
     quick = GridSpec(preset="quick", strategies=["gradprom"], tasks=["classification"], degradations=["gaussian"])
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as d:

@@ -145,6 +145,12 @@ class GridSpec:
     device: str = "auto"
     lambda_r: dict[str, float] | None = None  # per task, set by the pilot (runner.calibrate_lambda_r)
 
+    @classmethod
+    def for_preset(cls, preset: str, **kw: Any) -> GridSpec:
+        """The preset's own axes (PRESET_AXES; the quick defaults otherwise), overridden by `kw`."""
+        axes = {k: list(v) for k, v in PRESET_AXES.get(preset, {}).items()}
+        return cls(preset=preset, **{**axes, **kw})
+
     def cells(self) -> list[Cell]:
         """Cells ordered so that each (task, degradation, seed) group finishes together."""
         n = self.seeds or PRESETS[self.preset].seeds

@@ -92,3 +92,17 @@ def test_lambda_sweep_arms_scale_lambda_r_and_bad_factors_are_clear_errors():
     assert lam["gradprom@3"] == pytest.approx(3 * lam["gradprom"]) and lam["joint@0.3"] == pytest.approx(0.03)
     with pytest.raises(ConfigError, match="NAME@FACTOR"):
         GridSpec(preset="micro", strategies=["gradprom@-1"]).validate()
+
+
+def test_the_medium_preset_runs_its_own_axes_and_fits_the_hour_by_its_stated_cost():
+    spec = GridSpec.for_preset("medium")
+    assert spec.tasks == ["classification"] and spec.degradations == ["gaussian", "lowdose"]
+    assert {"gradprom_matched", "gradprom_separate", "gradprom_precond", "cosine_weighted"} <= set(spec.strategies)
+    from gradprom.experiments.grid import PRESETS
+
+    p = PRESETS["medium"]
+    steps = p.epochs * (p.num_train // p.batch_size)
+    assert p.seeds >= 6 and p.num_test == 256 and 300 <= steps <= 500
+    # the estimate in grid.py: 0.088 s per step (audit, 2 idle cores) + ~3 s evaluation per cell
+    assert len(spec.cells()) * (steps * 0.088 + 3) / 60 <= 60
+    spec.validate()
