@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .grid import DEFAULT_STRATEGIES, DEGRADATIONS, PRESETS, STRATEGIES, TASKS
+from .grid import DEFAULT_STRATEGIES, DEGRADATIONS, PRESET_AXES, PRESETS, STRATEGIES, TASKS
 
 
 def register(sub) -> None:
@@ -18,14 +18,20 @@ def register(sub) -> None:
                                    "its own recognizer and with one frozen clean recognizer, and writes "
                                    "results.parquet and report/report.md.")
     p.add_argument("--preset", default="quick", choices=list(PRESETS),
-                   help="quick: <= 30 min on 2 CPU cores (default); paper: full size, for a GPU")
+                   help="quick: <= 30 min on 2 CPU cores (default); medium: the testbed with a task signal "
+                        "(phantoms v2, warm-started R, 6 seeds, about 1 h on 2 idle cores); paper: full size, "
+                        "for a GPU")
     p.add_argument("--data", default="phantoms", help="phantoms (default) or a dataset the engine reads (.npz)")
     p.add_argument("--out", default="experiments/grid", help="output directory (default: experiments/grid)")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
-                   help=f"comma-separated, from {', '.join(STRATEGIES)}")
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: classification,segmentation")
-    p.add_argument("--degradations", default=",".join(DEGRADATIONS),
+    p.add_argument("--strategies", default=None, help=f"comma-separated, from {', '.join(STRATEGIES)} (default: "
+                   f"the preset's; quick: {','.join(DEFAULT_STRATEGIES)})")
+    p.add_argument("--tasks", default=None, help="comma-separated: classification,segmentation (default: the "
+                   "preset's; medium: classification)")
+    p.add_argument("--degradations", default=None,
                    help=f"comma-separated, from {', '.join(f'{k} ({v})' for k, v in DEGRADATIONS.items())}")
+    p.add_argument("--lambda-sweep", default=None, metavar="K1,K2,...",
+                   help="also run every task-driven strategy at these multiples of λ_r (e.g. 0.3,1,3); the report "
+                        "draws PSNR-vs-task Pareto fronts")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's, 3)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished cells")
@@ -43,8 +49,24 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runner import run_grid
 
-    spec = GridSpec(preset=args.preset, strategies=_split(args.strategies), tasks=_split(args.tasks),
-                    degradations=_split(args.degradations), seeds=args.seeds, data=args.data, device=args.device)
+    axes = PRESET_AXES.get(args.preset, {})
+    given = (("strategies", args.strategies, DEFAULT_STRATEGIES), ("tasks", args.tasks, TASKS),
+             ("degradations", args.degradations, DEGRADATIONS))
+    pick = {name: _split(v) if v is not None else list(axes.get(name, default)) for name, v, default in given}
+    if args.lambda_sweep:
+        from gradprom.platform.errors import ConfigError
+
+        from .grid import sweep_arms
+
+        try:
+            factors = [float(k) for k in _split(args.lambda_sweep)]
+        except ValueError:
+            raise ConfigError(f"--lambda-sweep: got {args.lambda_sweep!r}; expected positive numbers, e.g. "
+                              f"0.3,1,3.") from None
+        if not factors or any(k <= 0 for k in factors):
+            raise ConfigError(f"--lambda-sweep: got {args.lambda_sweep!r}; expected positive numbers, e.g. 0.3,1,3.")
+        pick["strategies"] = sweep_arms(pick["strategies"], factors)
+    spec = GridSpec(preset=args.preset, **pick, seeds=args.seeds, data=args.data, device=args.device)
     spec.validate()
     out = Path(args.out)
     if args.report_only:
@@ -53,6 +75,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         if not (out / "results.parquet").is_file():
             raise DataError(f"--report-only: {str(out / 'results.parquet')!r} does not exist; run the grid first.")
         rows = pq.read_table(out / "results.parquet").to_pylist()
+        if (out / "pilot.json").is_file():
+            import json
+
+            spec.lambda_r = {t: v["lambda_r"] for t, v in json.loads((out / "pilot.json").read_text()).items()}
     else:
         rows = run_grid(spec, out)
     md = write_report(out, spec, rows, command="gradprom " + shlex.join(sys.argv[1:]))

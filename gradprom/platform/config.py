@@ -41,6 +41,8 @@ class DataConfig(_Section):
     num_test: int = F(256, "phantoms: test images", ge=1)
     texture_contrast: float = F(0.06, "phantoms: amplitude of the lesion texture that carries the class", gt=0.0,
                                 le=0.5)
+    phantom_version: int = F(1, "phantoms: generator version; 1 the original (the default), 2 larger lesions and "
+                             "coarser textures that survive x2 pooling (see platform/data/phantoms.py)", ge=1, le=2)
     degradation: str = F("gaussian:sigma=0.1", "the degradation that makes the network input from the clean image, "
                          "e.g. gaussian:sigma=0.1, lowdose, sr2, 'blur:sigma=1+gaussian:sigma=0.05'")
     batch_size: int = F(32, "training batch size (the global batch under Ray Train)", ge=1)
