@@ -198,11 +198,11 @@ def test_sgd_step_never_increases_the_enhancement_loss_to_first_order(seed, tau,
 def test_config_builds_the_optimizers_and_the_step_options():
     from gradprom.platform.build import build_models
 
-    class Info:
-        channels, num_classes = 1, 3
+    from gradprom.platform.data.dataset import DataInfo
 
-        def num_outputs(self, task):
-            return 3
+    class Info(DataInfo):
+        def __init__(self):
+            super().__init__(channels=1, image_size=(32, 32), num_classes=3, seg_classes=0, source="test")
 
     def built(**sections):
         cfg = build_config({"model": {"enhancer_channels": [4, 8], "recognizer_channels": [4, 8]}, **sections})
