@@ -33,6 +33,7 @@ from gradprom.platform.data.dataset import DataInfo
 from gradprom.platform.evaluate import evaluate_split, monitor_value
 from gradprom.platform.figures import save_curves, save_samples
 from gradprom.platform.metrics import task_metric_name
+from gradprom.platform.progress import PlainProgress, on_terminal
 from gradprom.platform.rundir import RunDir, StepWriter
 from gradprom.platform.step import StepResult, TrainStep
 
@@ -124,8 +125,9 @@ class EpochRunner:
                     after_step: Callable[[StepResult], None] | None = None) -> EpochStats:
         """Run up to `n_steps` steps on `batches`; one step row each (written by the chief)."""
         stats = EpochStats()
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}",
-                   disable=None if self.progress else True, leave=False, dynamic_ncols=True)
+        desc = f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
+        bar = tqdm(total=n_steps, desc=desc, disable=None if self.progress else True, leave=False, dynamic_ncols=True)
+        plain = PlainProgress(desc, n_steps) if self.progress and not on_terminal() else None  # tqdm is off then
         for i, (x_lq, x_hq, y) in enumerate(batches):
             if i >= n_steps:
                 break
@@ -139,6 +141,8 @@ class EpochRunner:
                 after_step(res)
             bar.update(1)
             bar.set_postfix(loss_e=f"{res.loss_e:.4f}", loss_r=f"{res.loss_r:.3f}", cos=f"{res.cos:+.2f}")
+            if plain is not None and not res.skipped:
+                plain.update(res.loss_e, res.loss_r, res.cos, res.gate_open)
         bar.close()
         if self.writer is not None:
             self.writer.flush()

@@ -11,7 +11,8 @@ from gradprom.platform.data.dataset import SPLITS, DataInfo, EnhancementDataset,
 from gradprom.platform.data.degradations import Degradation, parse_degradation
 from gradprom.platform.data.folder import load_folder_splits
 from gradprom.platform.data.npz import load_npz
-from gradprom.platform.data.phantoms import SEG_CLASSES, make_phantoms
+from gradprom.platform.data.phantom_cache import cached_phantoms
+from gradprom.platform.data.phantoms import SEG_CLASSES
 from gradprom.platform.errors import ConfigError, DataError
 from gradprom.platform.store.format import is_store
 from gradprom.platform.store.load import load_store_splits, streaming_datasets
@@ -32,13 +33,13 @@ def load_dir_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
 
 
 def load_phantom_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
-    """Train/val/test phantoms with disjoint index ranges (so no image is shared between splits)."""
+    """Train/val/test phantoms with disjoint index ranges (so no image is shared between splits); cached on disk."""
     d = cfg.data
     sizes = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
     offsets = {"train": 0, "val": 10_000_000, "test": 20_000_000}
     out = {}
     for split in SPLITS:
-        ph = make_phantoms(sizes[split], cfg.seed, d.image_size, d.num_classes, d.texture_contrast, offsets[split])
+        ph = cached_phantoms(sizes[split], cfg.seed, d.image_size, d.num_classes, d.texture_contrast, offsets[split])
         out[split] = ImageSet(ph.images, ph.labels, ph.masks)
     return out, DataInfo(1, (d.image_size, d.image_size), d.num_classes, SEG_CLASSES, "phantoms")
 
