@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gradprom.config_flags import FlagTable, add_config_options, merged_config, source_of
+from gradprom.help_format import DefaultsHelpFormatter
 
 # flag -> config field (type, choices, default and help come from the field; flags not given are not applied,
 # so a config file's values stand)
@@ -218,11 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split",
                        description="Load a run's checkpoint and print PSNR, SSIM and the task metric on one split.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("run", metavar="RUN_DIR", help="a run directory written by `gradprom train` (e.g. runs/<name>)")
     p.add_argument("--checkpoint", default="best", help="best | latest | a checkpoint path")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to evaluate on")
-    p.add_argument("--data", help="evaluate on other data (same channels and classes); default: the run's own")
+    p.add_argument("--data", metavar="SOURCE", help="evaluate on other data (same channels and classes); default: the run's own")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the models")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -235,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train each strategy for a few minutes on the phantoms and compare",
                        description="Train each strategy briefly on the embedded phantoms and print one comparison "
                                    "table (PSNR, SSIM, task metric, gate-open rate, time).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--task", default="classification", choices=["classification", "segmentation"],
                    help="what the recognizer does")
     p.add_argument("--degradation", default="gaussian:sigma=0.1", metavar="SPEC",

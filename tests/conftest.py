@@ -3,24 +3,22 @@ a GPU machine with GRADPROM_TEST_DEVICE=cuda."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+
+# generated phantoms are cached under a temporary directory, never the user's ~/.cache; set at import, before any
+# test module copies os.environ for its subprocesses
+if "GRADPROM_CACHE_DIR" not in os.environ:
+    os.environ["GRADPROM_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradprom-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["GRADPROM_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture
 def device() -> torch.device:
     return torch.device(os.environ.get("GRADPROM_TEST_DEVICE", "cpu"))
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _phantom_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Generated phantoms are cached under a temporary directory, never the user's ~/.cache."""
-    old = os.environ.get("GRADPROM_CACHE_DIR")
-    os.environ["GRADPROM_CACHE_DIR"] = str(tmp_path_factory.mktemp("gradprom-cache"))
-    yield
-    if old is None:
-        os.environ.pop("GRADPROM_CACHE_DIR", None)
-    else:
-        os.environ["GRADPROM_CACHE_DIR"] = old
