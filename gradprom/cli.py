@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR", help="a run directory written by `gradprom train` (e.g. runs/<name>)")
     p.add_argument("--checkpoint", default="best", help="best | latest | a checkpoint path")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to evaluate on")
-    p.add_argument("--data", metavar="SOURCE", help="evaluate on other data (same channels and classes); default: the run's own")
+    p.add_argument("--data", metavar="SOURCE",
+                   help="evaluate on other data (same channels and classes); default: the run's own")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the models")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)

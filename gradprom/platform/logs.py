@@ -22,7 +22,7 @@ from pathlib import Path
 ENV = "GRADPROM_VERBOSITY"
 LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 # loggers that install their own console handlers and do not propagate (so the root's filter never sees them)
-SELF_HANDLED = ("ray", "ray.train", "ray.data", "ray.tune", "flwr", "werkzeug", "optuna")
+SELF_HANDLED = ("ray", "ray.train", "ray.data", "ray.tune", "torch", "flwr", "werkzeug", "optuna")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _COLOURS = {logging.DEBUG: "\x1b[2m", logging.WARNING: "\x1b[33m", logging.ERROR: "\x1b[31m",
             logging.CRITICAL: "\x1b[1;31m"}
@@ -117,6 +117,7 @@ def run_log(run_dir: Path) -> Iterator[Path]:
     """Append the full log to `<run_dir>/log.txt` while the block runs."""
     path = Path(run_dir) / "log.txt"
     handler = file_handler(path)
+    quiet_libraries()  # libraries imported since setup_logging (torch, Ray) installed their handlers on import
     root = logging.getLogger()
     root.addHandler(handler)
     # self-handled loggers that do not propagate get the file too (their console stays theirs)
