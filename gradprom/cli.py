@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "what it does. Save it, edit what you need and pass it with --config.")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", help="train each strategy for a few minutes on the phantoms and compare",
+    p = sub.add_parser("demo", help="train each strategy briefly on the phantoms and compare them in one table",
                        description="Train each strategy briefly on the embedded phantoms and print one comparison "
                                    "table (PSNR, SSIM, task metric, gate-open rate, time).",
                        formatter_class=DefaultsHelpFormatter)
