@@ -5,6 +5,8 @@ side by side (this one and a base commit), with an empty phantom cache (cold) an
   first step  seconds from launching the process to the start of the first training step
   train       the whole `train` command
   evaluate    the whole `evaluate` command (test split of the run it trained)
+  data        in-process seconds of `build_datasets` on the default config (the phantoms: generated, or read
+              from the cache), without the imports; repeated `--data-repeats` times, as it is the least noisy part
 
 The first step is timed by a small launcher that wraps TrainStep.__call__ before running the CLI's main(), so the
 same measurement applies to both checkouts. Each checkout gets its own empty cache directory (GRADPROM_CACHE_DIR),
@@ -43,6 +45,25 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+DATA_LAUNCHER = """
+import time
+from gradprom.platform.config import build_config
+from gradprom.platform.data.sources import build_datasets
+cfg = build_config({})
+t = time.time()
+build_datasets(cfg)
+print(f"DATA {time.time() - t:.3f}")
+"""
+
+
+def data_time(checkout: Path, cache: Path) -> float:
+    """Seconds of build_datasets(default config) in a fresh process from `checkout`."""
+    env = {**os.environ, "PYTHONPATH": str(checkout), "GRADPROM_CACHE_DIR": str(cache), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", DATA_LAUNCHER], capture_output=True, text=True, env=env,
+                          cwd=checkout, timeout=900, check=True)
+    return float(proc.stdout.split("DATA")[1])
+
+
 def run(checkout: Path, cache: Path, args: list[str]) -> tuple[float, float | None]:
     """(wall seconds, first-step seconds or None) of one CLI command run from `checkout`."""
     env = {**os.environ, "PYTHONPATH": str(checkout), "GRADPROM_CACHE_DIR": str(cache), "CUDA_VISIBLE_DEVICES": ""}
@@ -61,6 +82,7 @@ def main() -> None:
     ap.add_argument("--base", type=Path, required=True, help="a checkout of the base commit")
     ap.add_argument("--repeats", type=int, default=1, help="cold+warm rounds per checkout")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the measured processes")
+    ap.add_argument("--data-repeats", type=int, default=3, help="cold+warm rounds of the data measurement")
     a = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     checkouts = {"base": a.base.resolve(), "this": ROOT}
@@ -81,14 +103,19 @@ def main() -> None:
                             wall, _ = run(checkout, cache, ["evaluate", str(out / "bench")])
                             results.setdefault((name, ev_state, "evaluate"), []).append(wall)
                     print(f"round {r + 1} {state} {name}: done", file=sys.stderr, flush=True)
+        for r in range(a.data_repeats):
+            for name, checkout in checkouts.items():
+                cache = Path(tmp) / f"cache-data-{name}-{r}"
+                results.setdefault((name, "cold", "data"), []).append(data_time(checkout, cache))
+                results.setdefault((name, "warm", "data"), []).append(data_time(checkout, cache))
 
     def med(name: str, state: str, what: str) -> float:
         return statistics.median(results[(name, state, what)])
 
-    print(f"\nstart-up, seconds (median of {a.repeats}; OMP_NUM_THREADS={a.threads}; load average "
-          f"{os.getloadavg()[0]:.1f})")
+    print(f"\nstart-up, seconds (median of {a.repeats}, data: of {a.data_repeats}; OMP_NUM_THREADS={a.threads}; load "
+          f"average {os.getloadavg()[0]:.1f})")
     print(f"{'measure':<22}{'base':>9}{'this':>9}{'this/base':>11}")
-    for what in ("first step", "train", "evaluate"):
+    for what in ("first step", "train", "evaluate", "data"):
         for state in ("cold", "warm"):
             b, t = med("base", state, what), med("this", state, what)
             print(f"{what + ' (' + state + ')':<22}{b:>9.1f}{t:>9.1f}{t / b:>11.2f}")
