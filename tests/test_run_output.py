@@ -109,7 +109,8 @@ def test_ray_train_console_is_quiet_and_its_log_is_full(tmp_path):
     shown = "\n".join(lines)
     first, second = (i for i, ln in enumerate(lines) if "val psnr" in ln)
     assert second - first <= 3, shown  # a handful of lines per epoch: here the epoch line and little else
-    assert len(lines) <= 20, shown  # and a few at start-up (Ray's controller placing the worker group)
+    # no cap on the start-up lines: on a loaded machine Ray's controller may log a real warning (a timed-out
+    # resource request, with its traceback) while it places the worker group, and warnings stay on the console
     assert "DEBUG" not in proc.stderr and " INFO ray" not in proc.stderr
     log = (tmp_path / "ray" / "log.txt").read_text()
     assert "Checkpoint successfully created" in log and "epoch 2/2  val psnr" in log
