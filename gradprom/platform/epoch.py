@@ -132,26 +132,28 @@ class EpochRunner:
         desc = f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
         bar = tqdm(total=n_steps, desc=desc, disable=None if self.progress else True, leave=False, dynamic_ncols=True)
         plain = PlainProgress(desc, n_steps) if self.progress and not on_terminal() else None  # tqdm is off then
-        for i, (x_lq, x_hq, y) in enumerate(batches):
-            if i >= n_steps:
-                break
-            res = self.step(x_lq, x_hq, y)
-            self.p.step += 1
+        try:
+            for i, (x_lq, x_hq, y) in enumerate(batches):
+                if i >= n_steps:
+                    break
+                res = self.step(x_lq, x_hq, y)
+                self.p.step += 1
+                if self.writer is not None:
+                    row = {"step": self.p.step, "epoch": epoch, **res.row(), "time": time.monotonic() - self.t0}
+                    self.writer.append(row)
+                    if self.tb is not None:
+                        self.tb.step(row)
+                stats.add(res)
+                if after_step is not None:
+                    after_step(res)
+                bar.update(1)
+                bar.set_postfix(loss_e=f"{res.loss_e:.4f}", loss_r=f"{res.loss_r:.3f}", cos=f"{res.cos:+.2f}")
+                if plain is not None and not res.skipped:
+                    plain.update(res.loss_e, res.loss_r, res.cos, res.gate_open)
+        finally:  # also when a step raises (e.g. a NaN streak): the rows of the steps taken are kept
+            bar.close()
             if self.writer is not None:
-                row = {"step": self.p.step, "epoch": epoch, **res.row(), "time": time.monotonic() - self.t0}
-                self.writer.append(row)
-                if self.tb is not None:
-                    self.tb.step(row)
-            stats.add(res)
-            if after_step is not None:
-                after_step(res)
-            bar.update(1)
-            bar.set_postfix(loss_e=f"{res.loss_e:.4f}", loss_r=f"{res.loss_r:.3f}", cos=f"{res.cos:+.2f}")
-            if plain is not None and not res.skipped:
-                plain.update(res.loss_e, res.loss_r, res.cos, res.gate_open)
-        bar.close()
-        if self.writer is not None:
-            self.writer.flush()
+                self.writer.flush()
         return stats
 
     # ---- end of an epoch (chief) ---------------------------------------------------------------------------
