@@ -83,12 +83,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="cold+warm rounds per checkout")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the measured processes")
     ap.add_argument("--data-repeats", type=int, default=3, help="cold+warm rounds of the data measurement")
+    ap.add_argument("--only-data", action="store_true", help="only the data measurement (no train/evaluate)")
     a = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     checkouts = {"base": a.base.resolve(), "this": ROOT}
     results: dict[tuple[str, str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="gradprom-startup-") as tmp:
-        for r in range(a.repeats):
+        for r in range(0 if a.only_data else a.repeats):
             caches = {name: Path(tmp) / f"cache-{name}-{r}" for name in checkouts}
             for state in ("cold", "warm"):
                 for name, checkout in checkouts.items():
@@ -117,6 +118,8 @@ def main() -> None:
     print(f"{'measure':<22}{'base':>9}{'this':>9}{'this/base':>11}")
     for what in ("first step", "train", "evaluate", "data"):
         for state in ("cold", "warm"):
+            if ("base", state, what) not in results:
+                continue
             b, t = med("base", state, what), med("this", state, what)
             print(f"{what + ' (' + state + ')':<22}{b:>9.1f}{t:>9.1f}{t / b:>11.2f}")
 
