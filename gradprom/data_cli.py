@@ -20,7 +20,8 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("convert", help="convert a source into a store (created, or appended to as a new site)",
                        description="Convert SRC into the store OUT. A second conversion into the same OUT adds its "
-                                   "site and keeps what is there; nothing is published unless the whole source converts.",
+                                   "site and keeps what is there; nothing is published unless the whole source "
+                                   "converts.",
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("src", metavar="SRC", help="a MedMNIST .npz, an image folder with labels.csv, or DICOM file(s)")
     p.add_argument("out", metavar="OUT", help="the store directory (new, or an existing store to add to)")
