@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import signal
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gradprom.config_flags import FlagTable, add_config_options, merged_config, source_of
+from gradprom.help_format import DefaultsHelpFormatter
 from gradprom.platform.strategies import REGISTRY, strategy_help
 
 # flag -> config field (type, choices, default and help come from the field; flags not given are not applied,
@@ -84,6 +84,16 @@ def _print_run_summary(path: Path) -> None:
     shown = {k: v for k, v in test.items() if k in ("psnr", "psnr_input", "ssim", "accuracy", "auc", "dice")}
     print(f"run finished: {path}")
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(next_steps(path))
+
+
+def next_steps(path: Path) -> str:
+    """What to run after `train`: evaluate the run, open the dashboard on its parent, where the figures are."""
+    import shlex
+
+    run, runs = shlex.quote(str(path)), shlex.quote(str(Path(path).parent))
+    return (f"next:\n  gradprom evaluate {run}\n  gradprom dashboard --runs {runs}\n"
+            f"  figures: {Path(path) / 'figures'}")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -165,26 +175,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -----------------------------------------------------------------------------------------------------------
+VERSIONED = ("gradprom", "torch", "monai", "ray", "flwr", "optuna", "torchjd")
+
+
+def version_text() -> str:
+    """gradprom's and its main libraries' versions, read from the installed metadata (nothing heavy imported)."""
+    import platform
+    from importlib import metadata
+
+    lines = []
+    for name in VERSIONED:
+        try:
+            v = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            v = __import__("gradprom").__version__ if name == "gradprom" else "not installed"
+        lines.append(f"{name} {v}")
+    return "\n".join(lines + [f"python {platform.python_version()}"])
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradprom", description="Task-driven medical image enhancement with "
                                      "Gradient Promotion (GradProm).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, library logs (Ray, Flower, torch, MONAI...) included")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--version", action=_VersionAction, help="print the versions of gradprom and the "
+                        "libraries that decide a run's numbers, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train an enhancer with GradProm (or a baseline) locally",
-                       description="Train E and R. Values come from defaults, then --config, then --set, then flags.")
+    p = sub.add_parser("train", help="train locally or on Ray Train workers (--workers)",
+                       description="Train the enhancer E and the recognizer R with GradProm (or a baseline), on this "
+                                   "machine or on Ray Train workers (--workers N). Values come from defaults, then "
+                                   "--config, then --set, then flags.")
     _add_train_flags(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or finished run from its latest "
                    "checkpoint (flags override its config, e.g. --epochs to train longer)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--checkpoint", default="best", help="best | latest | a checkpoint path (default: best)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--data", help="evaluate on other data (same channels and classes)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split",
+                       description="Load a run's checkpoint and print PSNR, SSIM and the task metric on one split.",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("run", metavar="RUN_DIR", help="a run directory written by `gradprom train` (e.g. runs/<name>)")
+    p.add_argument("--checkpoint", default="best", help="best | latest | a checkpoint path")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to evaluate on")
+    p.add_argument("--data", metavar="SOURCE",
+                   help="evaluate on other data (same channels and classes); default: the run's own")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the models")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -193,15 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "what it does. Save it, edit what you need and pass it with --config.")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", help="train each strategy for a few minutes on the phantoms and compare")
-    p.add_argument("--task", default="classification", choices=["classification", "segmentation"])
-    p.add_argument("--degradation", default="gaussian:sigma=0.1")
-    p.add_argument("--strategies", default=",".join(DEMO_STRATEGIES), help="comma-separated strategies")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--train-images", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = sub.add_parser("demo", help="train each strategy briefly on the phantoms and compare them in one table",
+                       description="Train each strategy briefly on the embedded phantoms and print one comparison "
+                                   "table (PSNR, SSIM, task metric, gate-open rate, time).",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--task", default="classification", choices=["classification", "segmentation"],
+                   help="what the recognizer does")
+    p.add_argument("--degradation", default="gaussian:sigma=0.1", metavar="SPEC",
+                   help="how the input is degraded, e.g. lowdose, sr2, 'blur:sigma=1+gaussian:sigma=0.05'")
+    p.add_argument("--strategies", default=",".join(DEMO_STRATEGIES), metavar="LIST", help="comma-separated strategies")
+    p.add_argument("--epochs", type=int, default=4, metavar="N", help="epochs per strategy")
+    p.add_argument("--train-images", type=int, default=512, metavar="N", help="phantom training images")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of data and models")
+    p.add_argument("--out", default="runs", metavar="DIR", help="parent directory of the demo's run directories")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.set_defaults(func=cmd_demo)
 
     for module in ("gradprom.data_cli", "gradprom.experiments.cli", "gradprom.federated.cli", "gradprom.tuning.cli",
@@ -241,8 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from gradprom.platform.logs import setup_logging
+
+    setup_logging("verbose" if args.verbose else "quiet" if args.quiet else "normal")
     from gradprom.platform.errors import GradPromError
 
     terminated = _sigterm_as_interrupt()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gradprom.help_format import DefaultsHelpFormatter
+
 
 def register(subparsers) -> None:
     """Add the `data` command and its sub-commands to the main parser's sub-parsers."""
@@ -19,10 +21,12 @@ def register(subparsers) -> None:
     p = sub.add_parser("convert", help="convert a source into a store (created, or appended to as a new site)",
                        description="Convert SRC into the store OUT. A second conversion into the same OUT adds its "
                                    "site and keeps what is there; nothing is published unless the whole source "
-                                   "converts.")
+                                   "converts.",
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("src", metavar="SRC", help="a MedMNIST .npz, an image folder with labels.csv, or DICOM file(s)")
     p.add_argument("out", metavar="OUT", help="the store directory (new, or an existing store to add to)")
-    p.add_argument("--format", default="auto", choices=["auto", "medmnist", "folder", "dicom"])
+    p.add_argument("--format", default="auto", choices=["auto", "medmnist", "folder", "dicom"],
+                   help="what SRC is (auto: by its suffix and contents)")
     p.add_argument("--site", help="site name for every image (default: a CSV `site` column, else SRC's name)")
     p.add_argument("--split-by", default="auto", metavar="RULE",
                    help="auto (the source's own splits, else random) | source | random[:T,V,S] | train | val | test")
@@ -45,17 +49,19 @@ def register(subparsers) -> None:
                    "holds (refused by default: converting the same file twice would count it twice)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("check", help="validate a store: schema, shapes, ranges, NaN/Inf, labels, duplicates, leakage")
-    p.add_argument("store", metavar="STORE")
+    p = sub.add_parser("check", help="validate a store: schema, shapes, ranges, NaN/Inf, labels, duplicates, leakage",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("store", metavar="STORE", help="the store directory (made by `gradprom data convert`)")
     p.add_argument("--strict", action="store_true", help="warnings (orphan files, classes missing from train) fail "
                    "the check too; duplicate images are errors unless converted with --allow-duplicates")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("show", help="a PNG grid of samples per site and class")
-    p.add_argument("store", metavar="STORE")
+    p = sub.add_parser("show", help="a PNG grid of samples per site and class",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("store", metavar="STORE", help="the store directory (made by `gradprom data convert`)")
     p.add_argument("--out", help="PNG to write (default: <STORE>-samples.png beside the store)")
     p.add_argument("--per-row", type=int, default=8, help="images per (site, class) row")
-    p.add_argument("--split", choices=["train", "val", "test"], help="only this split")
+    p.add_argument("--split", choices=["train", "val", "test"], help="only this split (default: all)")
     p.set_defaults(func=cmd_show)
 
 

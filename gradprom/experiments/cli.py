@@ -7,35 +7,51 @@ import shlex
 import sys
 from pathlib import Path
 
+from gradprom.help_format import DefaultsHelpFormatter
+
 from .grid import DEFAULT_STRATEGIES, DEGRADATIONS, PRESET_AXES, PRESETS, STRATEGIES, TASKS
 
 
 def register(sub) -> None:
     """Add the `experiment` command to the main parser's sub-commands."""
     p = sub.add_parser("experiment", help="run the strategy × task × degradation × seed grid and write a report",
+                       formatter_class=DefaultsHelpFormatter,
                        description="Does GradProm keep image quality while helping the task? Trains every cell "
                                    "(reusing finished ones, so an interrupted grid continues), judges each with "
                                    "its own recognizer and with one frozen clean recognizer, and writes "
                                    "results.parquet and report/report.md.")
     p.add_argument("--preset", default="quick", choices=list(PRESETS),
-                   help="quick: <= 30 min on 2 CPU cores (default); medium: the testbed with a task signal "
-                        "(phantoms v2, warm-started R, 6 seeds, about 1 h on 2 idle cores); paper: full size, "
-                        "for a GPU")
-    p.add_argument("--data", default="phantoms", help="phantoms (default) or a dataset the engine reads (.npz)")
-    p.add_argument("--out", default="experiments/grid", help="output directory (default: experiments/grid)")
-    p.add_argument("--strategies", default=None, help=f"comma-separated, from {', '.join(STRATEGIES)} (default: "
-                   f"the preset's; quick: {','.join(DEFAULT_STRATEGIES)})")
-    p.add_argument("--tasks", default=None, help="comma-separated: classification,segmentation (default: the "
-                   "preset's; medium: classification)")
-    p.add_argument("--degradations", default=None,
+                   help="micro: a smoke test of the whole grid; quick: <= 30 min on 2 CPU cores (default); medium: "
+                        "the testbed with a task signal (phantoms v2, warm-started R, 6 seeds, about 1 h on 2 idle "
+                        "cores); paper: full size, for a GPU")
+    p.add_argument("--data", default="phantoms", metavar="SOURCE",
+                   help="phantoms or a dataset the engine reads (.npz)")
+    p.add_argument("--out", default="experiments/grid", metavar="DIR", help="output directory")
+    p.add_argument("--strategies", default=None, metavar="LIST", help=f"comma-separated, from {', '.join(STRATEGIES)} "
+                   f"(default: the preset's; quick: {','.join(DEFAULT_STRATEGIES)})")
+    p.add_argument("--tasks", default=None, metavar="LIST", help="comma-separated: classification,segmentation "
+                   "(default: the preset's; medium: classification)")
+    p.add_argument("--degradations", default=None, metavar="LIST",
                    help=f"comma-separated, from {', '.join(f'{k} ({v})' for k, v in DEGRADATIONS.items())}")
     p.add_argument("--lambda-sweep", default=None, metavar="K1,K2,...",
                    help="also run every task-driven strategy at these multiples of λ_r (e.g. 0.3,1,3); the report "
                         "draws PSNR-vs-task Pareto fronts")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's, 3)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seeds", type=parse_seeds, default=None, metavar="LIST|N",
+                   help="the seeds, e.g. 0,1,2 (a single seed: 5,), or a count N meaning 0..N-1; default: the "
+                        "preset's count")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished cells")
     p.set_defaults(func=cmd_experiment)
+
+
+def parse_seeds(text: str) -> int | list[int]:
+    """`--seeds`: "0,1,2" (or "5,") -> those seeds; "3" -> a count (seeds 0, 1, 2)."""
+    try:
+        if "," in text:
+            return [int(t) for t in _split(text)]
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds such as 0,1,2 or a count such as 3, got {text!r}") from None
 
 
 def _split(text: str) -> list[str]:

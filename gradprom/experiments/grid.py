@@ -140,7 +140,7 @@ class GridSpec:
     strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     degradations: list[str] = field(default_factory=lambda: list(DEGRADATIONS))
-    seeds: int | None = None  # None: the preset's
+    seeds: int | list[int] | None = None  # a count (0..n-1), the seeds themselves, or None: the preset's count
     data: str = "phantoms"
     device: str = "auto"
     lambda_r: dict[str, float] | None = None  # per task, set by the pilot (runner.calibrate_lambda_r)
@@ -153,9 +153,14 @@ class GridSpec:
 
     def cells(self) -> list[Cell]:
         """Cells ordered so that each (task, degradation, seed) group finishes together."""
-        n = self.seeds or PRESETS[self.preset].seeds
         return [Cell(t, d, s, seed) for t, d, seed, s in
-                itertools.product(self.tasks, self.degradations, range(n), self.strategies)]
+                itertools.product(self.tasks, self.degradations, self.seed_list(), self.strategies)]
+
+    def seed_list(self) -> list[int]:
+        """The seeds the grid runs."""
+        if isinstance(self.seeds, list):
+            return list(self.seeds)
+        return list(range(self.seeds or PRESETS[self.preset].seeds))
 
     def validate(self) -> None:
         """Unknown names are user mistakes: raise ConfigError naming them."""
@@ -171,8 +176,11 @@ class GridSpec:
             bad = [n for n in names if n not in known]
             if bad or not names:
                 raise ConfigError(f"experiment {axis}: got {bad or names}; choose from {', '.join(known)}.")
-        if self.seeds is not None and self.seeds < 1:
-            raise ConfigError(f"experiment seeds: got {self.seeds}; expected at least 1.")
+        if isinstance(self.seeds, list):
+            if not self.seeds or any(x < 0 for x in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"--seeds: got {self.seeds}; expected distinct seeds >= 0, e.g. 0,1,2.")
+        elif self.seeds is not None and self.seeds < 1:
+            raise ConfigError(f"--seeds: got {self.seeds}; expected a count of at least 1 or a list such as 0,1,2.")
 
     def task_weight(self, task: str) -> float:
         """lambda_r of `task`: the pilot's when it ran, else the preset's fixed value."""

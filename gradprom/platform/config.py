@@ -201,6 +201,8 @@ class RunSettings(_Section):
     num_threads: int | None = F(None, "torch CPU threads (null = torch's default)", ge=1)
     figures_every_epoch: bool = F(True, "redraw figures/ after every epoch (live view); false draws them once at "
                                   "the end")
+    tensorboard: bool = F(False, "also mirror the step and epoch tables to TensorBoard event files in "
+                          "<run>/tensorboard/ (then `tensorboard --logdir <out>`)")
 
     @field_validator("name")
     @classmethod

@@ -32,11 +32,13 @@ from gradprom.platform.config import Config
 from gradprom.platform.data.dataset import DataInfo
 from gradprom.platform.errors import TrainingError
 from gradprom.platform.evaluate import evaluate_split, monitor_value
-from gradprom.platform.figures import save_curves, save_samples
+from gradprom.platform.figures import save_curves, save_sample_figure
 from gradprom.platform.metrics import task_metric_name
+from gradprom.platform.progress import PlainProgress, on_terminal
 from gradprom.platform.recovery import clean_temp_files, repair_best
 from gradprom.platform.rundir import RunDir, StepWriter
 from gradprom.platform.step import StepResult, TrainStep
+from gradprom.platform.tensorboard import TensorBoardMirror
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x_lq, x_hq, y) on the step's device
@@ -96,6 +98,7 @@ class EpochRunner:
         self.cfg, self.models, self.step, self.info, self.device = cfg, models, step, info, device
         self.run, self.eval_sets, self.progress = run, eval_sets, progress
         self.writer = StepWriter(run.steps, cfg.run.flush_seconds) if run is not None else None
+        self.tb = TensorBoardMirror(run.path) if run is not None and cfg.run.tensorboard else None
         self.p = Progress()
         self.metric = task_metric_name(cfg.task)
         self.t0 = time.monotonic()
@@ -117,6 +120,8 @@ class EpochRunner:
             best = repair_best(self.run, state, lambda val: monitor_value(val, self.cfg))
         self.p = Progress(state["epoch"] + 1, state["step"], best)
         self.step.steps_done = state["step"]
+        if self.tb is not None:
+            self.tb.purge_step = state["step"] + 1
         if self.run is not None:
             self.p.rows = [r for r in self.run.read_epochs() if r["epoch"] <= state["epoch"] and r["split"] != "test"]
             self.run.truncate_steps(state["step"])
@@ -131,8 +136,9 @@ class EpochRunner:
                     after_step: Callable[[StepResult], None] | None = None) -> EpochStats:
         """Run up to `n_steps` steps on `batches`; one step row each (written by the chief)."""
         stats = EpochStats()
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}",
-                   disable=None if self.progress else True, leave=False, dynamic_ncols=True)
+        desc = f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
+        bar = tqdm(total=n_steps, desc=desc, disable=None if self.progress else True, leave=False, dynamic_ncols=True)
+        plain = PlainProgress(desc, n_steps) if self.progress and not on_terminal() else None  # tqdm is off then
         try:
             for i, (x_lq, x_hq, y) in enumerate(batches):
                 if i >= n_steps:
@@ -140,14 +146,18 @@ class EpochRunner:
                 res = self.step(x_lq, x_hq, y)
                 self.p.step += 1
                 if self.writer is not None:
-                    self.writer.append({"step": self.p.step, "epoch": epoch, **res.row(),
-                                        "time": time.monotonic() - self.t0})
+                    row = {"step": self.p.step, "epoch": epoch, **res.row(), "time": time.monotonic() - self.t0}
+                    self.writer.append(row)
+                    if self.tb is not None:
+                        self.tb.step(row)
                 stats.add(res)
                 if after_step is not None:
                     after_step(res)
                 bar.update(1)
                 bar.set_postfix(loss_e=f"{res.loss_e:.4f}", loss_r=f"{res.loss_r:.3f}", cos=f"{res.cos:+.2f}")
-        finally:  # also when a step stops the run (TrainingError, Ctrl-C): the rows up to it are kept
+                if plain is not None and not res.skipped:
+                    plain.update(res.loss_e, res.loss_r, res.cos, res.gate_open)
+        finally:  # also when a step raises (e.g. a NaN streak): the rows of the steps taken are kept
             bar.close()
             if self.writer is not None:
                 self.writer.flush()
@@ -172,6 +182,8 @@ class EpochRunner:
         val, samples = evaluate_split(self.models, self.eval_sets["val"], cfg, self.info, self.device, sample_count=6)
         p.rows.append({"epoch": epoch, "split": "val", "step": p.step, **val, **gate})
         run.write_epochs(p.rows)
+        if self.tb is not None:
+            self.tb.epoch(p.rows[-2]), self.tb.epoch(p.rows[-1])
         score = monitor_value(val, cfg)
         state = training_state(self.models, cfg, epoch, p.step, max(p.best, score), val)
         if score > p.best:
@@ -179,13 +191,20 @@ class EpochRunner:
             save_checkpoint(run.best_checkpoint(), state)
         save_checkpoint(run.latest_checkpoint(), state)
         if cfg.run.figures_every_epoch:
-            save_samples(run.figures / "samples.png", samples["degraded"], samples["enhanced"], samples["clean"])
+            save_sample_figure(run.figures / "samples.png", samples, cfg.task, self.class_names())
             save_curves(run.figures / "curves.png", p.rows, self.metric)
         log.info("epoch %d/%d  val psnr %.2f dB (input %.2f)  ssim %.3f  %s %.3f  gate-open %.2f  mean cos %+.3f%s",
                  epoch + 1, cfg.optim.epochs, val["psnr"], val["psnr_input"], val["ssim"], self.metric,
                  val[self.metric], gate["gate_open_rate"], gate["mean_cos"], note)
         p.epoch = epoch + 1
         return val, state
+
+    def class_names(self) -> list[str] | None:
+        """The phantoms' texture names for the figure titles (other sources: class numbers)."""
+        if self.cfg.data.source != "phantoms":
+            return None
+        from gradprom.platform.data.phantoms import TEXTURE_NAMES
+        return list(TEXTURE_NAMES[: self.cfg.data.num_classes])
 
     # ---- the final model (chief) ---------------------------------------------------------------------------
     def finish(self, **run_fields: Any) -> dict[str, float]:
@@ -199,7 +218,10 @@ class EpochRunner:
         p.rows = [r for r in p.rows if r["split"] != "test"]
         p.rows.append({"epoch": max(cfg.optim.epochs - 1, 0), "split": "test", "step": p.step, **test})
         run.write_epochs(p.rows)
-        save_samples(run.figures / "samples.png", samples["degraded"], samples["enhanced"], samples["clean"])
+        if self.tb is not None:
+            self.tb.epoch(p.rows[-1])
+            self.tb.close()
+        save_sample_figure(run.figures / "samples.png", samples, cfg.task, self.class_names())
         save_curves(run.figures / "curves.png", p.rows, self.metric)
         run.write_run(test=test, nonfinite_steps=self.step.nonfinite_total, steps=p.step, **run_fields)
         return test

@@ -18,7 +18,7 @@ from gradprom.platform.data.dataset import DataInfo, EnhancementDataset
 from gradprom.platform.data.sources import build_datasets
 from gradprom.platform.errors import DataError, state_dict_problem
 from gradprom.platform.losses import enhancement_loss, recognition_loss
-from gradprom.platform.metrics import EvalAccumulator, task_metric_name
+from gradprom.platform.metrics import EvalAccumulator, psnr, ssim, task_metric_name
 from gradprom.platform.rundir import RunDir
 
 
@@ -47,7 +47,10 @@ def evaluate_split(models: Models, ds: EnhancementDataset, cfg: Config, info: Da
         if samples is None and sample_count:
             k = min(sample_count, len(x_hq))
             samples = {"degraded": x_in[:k].cpu().numpy(), "enhanced": x_hat[:k].cpu().numpy(),
-                       "clean": x_hq[:k].cpu().numpy(), "y": y[:k].cpu().numpy()}
+                       "clean": x_hq[:k].cpu().numpy(), "y": y[:k].cpu().numpy(),
+                       "pred": out[:k].argmax(1).cpu().numpy(),  # class, or the predicted mask
+                       "psnr": psnr(x_hat[:k], x_hq[:k]).cpu().numpy(), "ssim": ssim(x_hat[:k], x_hq[:k]).cpu().numpy(),
+                       "psnr_in": psnr(x_in[:k], x_hq[:k]).cpu().numpy()}
     return acc.aggregate(), samples
 
 

@@ -7,6 +7,7 @@ the header (run.json "running" + config.yaml), and close run.json as finished, s
         ...train...
         life.finished(test=...)
 
+The run's full log goes to `<run>/log.txt` while the block runs (platform/logs.py).
 Leaving the block by Ctrl-C (or SIGTERM, which the CLI turns into the same exception) marks the run "stopped"
 with a resume hint; any other exception marks it "failed" with the error; both re-raise.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradprom.platform.errors import ConfigError
+from gradprom.platform.logs import run_log
 from gradprom.platform.rundir import RunDir, now_iso
 
 
@@ -41,6 +43,11 @@ class RunLifecycle:
         record how it ended."""
         run = self.run
         run.create() if tree else run.path.mkdir(parents=True, exist_ok=True)
+        with run_log(run.path):
+            yield from self._running(kind, header, save)
+
+    def _running(self, kind: str, header: dict[str, Any], save: Callable[[Path], None] | None) -> Iterator[None]:
+        run = self.run
         started = run.read_run().get("start") if self.resume else None
         run.write_run(name=run.path.name, kind=kind, status="running", start=started or now_iso(), end=None,
                       **header, error=None)

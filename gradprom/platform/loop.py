@@ -10,6 +10,7 @@ The epoch loop itself is `EpochRunner` (epoch.py), the same one the Ray Train wo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from gradprom.platform.lifecycle import RunLifecycle
 from gradprom.platform.rundir import RunDir, versions
 from gradprom.platform.step import TrainStep
 
+log = logging.getLogger(__name__)
+
 
 def saved_config(cfg: Config) -> Config:
     """The config as a run saves it: without its name, so `gradprom train --config <run>/config.yaml` starts a
@@ -53,6 +56,7 @@ def train(cfg: Config, *, resume: bool = False, run_path: str | Path | None = No
     device = resolve_device(cfg.run.device)
     run = RunDir(run_path or Path(cfg.run.out) / (cfg.run.name or default_run_name(cfg)))
     life = RunLifecycle(run, resume, resume_hint=f"`gradprom train --resume {run.path}`")
+    log.info("loading data (%s)…", cfg.data.source)
     datasets, info, degradation = build_datasets(cfg)
     models = build_models(cfg, info, degradation.scale, device)
     step = TrainStep.from_config(cfg, models.enhancer, models.recognizer, models.opt_e, models.opt_r,

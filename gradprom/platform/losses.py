@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, SSIMLoss
+from monai.losses.dice import DiceCELoss
+from monai.losses.ssim_loss import SSIMLoss
 from torch import Tensor
 
 LossFn = Callable[[Tensor, Tensor], Tensor]

@@ -11,7 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from monai.metrics import compute_dice
+from monai.metrics.meandice import compute_dice
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure

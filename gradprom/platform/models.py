@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import SubpixelUpsample
-from monai.networks.nets import BasicUNet, DenseNet, ResNet, UNet
+from monai.networks.blocks.upsample import SubpixelUpsample
+from monai.networks.nets.basic_unet import BasicUNet
+from monai.networks.nets.densenet import DenseNet
+from monai.networks.nets.resnet import ResNet
+from monai.networks.nets.unet import UNet
 from torch import Tensor, nn
 
 ENHANCERS = ("unet", "basicunet")

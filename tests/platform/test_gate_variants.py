@@ -197,7 +197,6 @@ def test_sgd_step_never_increases_the_enhancement_loss_to_first_order(seed, tau,
 # ---- 5. wiring: the config builds what it names -------------------------------------------------------------------
 def test_config_builds_the_optimizers_and_the_step_options():
     from gradprom.platform.build import build_models
-
     from gradprom.platform.data.dataset import DataInfo
 
     class Info(DataInfo):

@@ -138,15 +138,17 @@ def make_phantoms(n: int, seed: int, size: int = 64, num_classes: int = 3, textu
 
 
 def load_phantom_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
-    """Train/val/test phantoms with disjoint index ranges (so no image is shared between splits)."""
+    """Train/val/test phantoms with disjoint index ranges (so no image is shared between splits); cached on disk
+    (phantom_cache.py), so a second command with the same parameters does not draw them again."""
     from gradprom.platform.data.dataset import SPLITS, DataInfo, ImageSet  # torch only when splits are built
+    from gradprom.platform.data.phantom_cache import cached_phantoms
 
     d = cfg.data
     sizes = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
     offsets = {"train": 0, "val": 10_000_000, "test": 20_000_000}
     out = {}
     for split in SPLITS:
-        ph = make_phantoms(sizes[split], cfg.seed, d.image_size, d.num_classes, d.texture_contrast, offsets[split],
-                           d.phantom_version)
+        ph = cached_phantoms(sizes[split], cfg.seed, d.image_size, d.num_classes, d.texture_contrast, offsets[split],
+                             d.phantom_version)
         out[split] = ImageSet(ph.images, ph.labels, ph.masks)
     return out, DataInfo(1, (d.image_size, d.image_size), d.num_classes, SEG_CLASSES, "phantoms")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import threading
 import time
 
 from gradprom.platform.config import Config
 from gradprom.platform.errors import ConfigError, GradPromError
+from gradprom.platform.logs import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,12 @@ def _probe(address: str, timeout_s: float) -> None:
 def connect(address: str | None, num_cpus: int, timeout_s: float) -> bool:
     """Start or join Ray: no address -> a private local instance of `num_cpus` CPUs; "auto" or HOST:PORT ->
     join it, bounded by `timeout_s`. True when this call connected (so the caller shuts Ray down)."""
+    # Ray's FutureWarning asks for this opt-in (accelerator env vars left alone when a task asks for no GPU); set
+    # before Ray starts, so a local instance's processes inherit it
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
 
+    quiet_libraries()  # Ray installs its console handler on import
     if ray.is_initialized():  # the caller (a test, a notebook) already chose the cluster
         log.info("using the Ray instance this process is already connected to (distributed.address ignored)")
         return False

@@ -90,6 +90,7 @@ def train_on_ray(cfg: Config, *, resume: bool = False, run_path: str | Path | No
         raise ConfigError("config field `run.device`: 'cuda' with Ray Train needs --gpus-per-worker > 0.")
     run = RunDir(Path(run_path or Path(cfg.run.out) / (cfg.run.name or default_run_name(cfg))).resolve())
     life = RunLifecycle(run, resume, resume_hint=f"`gradprom train --resume {run.path} --workers {d.workers}`")
+    log.info("loading data (%s)…", cfg.data.source)
     datasets, info, degradation = build_datasets(cfg)  # every data check of the local loop (DataError)
     if not isinstance(datasets["train"], EnhancementDataset):
         log.info("the store is read by Ray Data on every worker; its train split is held in memory there")

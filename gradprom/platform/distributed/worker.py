@@ -37,6 +37,7 @@ from gradprom.platform.distributed.reducers import AllReduceReducer
 from gradprom.platform.epoch import Batch, EpochRunner
 from gradprom.platform.errors import TrainingError
 from gradprom.platform.evaluate import monitor_value
+from gradprom.platform.logs import file_handler, quiet_libraries
 from gradprom.platform.metrics import task_metric_name
 from gradprom.platform.rundir import RunDir
 from gradprom.platform.step import TrainStep
@@ -72,6 +73,18 @@ def rank_batches(train_ds: EnhancementDataset, batches: list[torch.Tensor], rank
         yield batch["x_lq"].to(device), batch["x_hq"].to(device), batch["y"].to(device)
 
 
+def follow_verbosity(run_path: Path | None) -> None:
+    """The driver's -q/-v in this worker (Ray Train set up its loggers before the train function runs); the chief
+    also appends to the run's log.txt (the worker process ends with the run, so the handler is never removed)."""
+    import ray.data  # noqa: F401 - installs its console handler, which quiet_libraries then filters
+
+    quiet_libraries(root=True)
+    if run_path is not None:
+        handler = file_handler(Path(run_path) / "log.txt")
+        for lg in (logging.getLogger(), logging.getLogger("ray.train"), logging.getLogger("ray.data")):
+            lg.addHandler(handler)  # ray.train and ray.data do not propagate to the root
+
+
 def failure_hook(fail: dict[str, Any] | None, rank: int, epoch: int) -> Callable[[int], None] | None:
     """Tests' fault injection (`train_on_ray(inject_failure=...)`): that rank raises once at that step (a marker
     file remembers it), to exercise Ray's restart from the latest checkpoint. None in production."""
@@ -96,6 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     chief = rank == 0
+    follow_verbosity(run.path if chief else None)
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
     if cfg.distributed.gpus_per_worker > 0:
