@@ -21,7 +21,7 @@ def register(sub) -> None:
                                    "its own recognizer and with one frozen clean recognizer, and writes "
                                    "results.parquet and report/report.md.")
     p.add_argument("--preset", default="quick", choices=list(PRESETS),
-                   help="micro: a smoke test of the whole grid; quick: <= 30 min on 2 CPU cores (default); medium: "
+                   help="micro: a smoke test of the whole grid; quick: <= 30 min on 2 CPU cores; medium: "
                         "the testbed with a task signal (phantoms v2, warm-started R, 6 seeds, about 1 h on 2 idle "
                         "cores); paper: full size, for a GPU")
     p.add_argument("--data", default="phantoms", metavar="SOURCE",

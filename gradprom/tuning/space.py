@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from gradprom.platform.config import Config, F
 from gradprom.platform.errors import ConfigError
-from gradprom.platform.metrics import task_metric_name
 
 # metric -> direction; "task" stands for the task's own metric (accuracy or dice)
 METRIC_MODES = {"psnr": "max", "ssim": "max", "task": "max", "accuracy": "max", "auc": "max", "dice": "max",
@@ -126,7 +125,7 @@ class TuneSpec(BaseModel):
             if n not in METRIC_MODES or n in TASK_METRICS[_other(task)]:
                 raise ConfigError(f"`tune.objective`/`tune.metrics`: unknown metric {n!r} for task {task}; "
                                   f"allowed: pareto, {', '.join(allowed)}.")
-            out.append(task_metric_name(task) if n == "task" else n)
+            out.append(task_metric(task) if n == "task" else n)
         if len(set(out)) != len(out):
             raise ConfigError(f"`tune.metrics`: {names} names a metric twice.")
         return out
@@ -139,7 +138,7 @@ class TuneSpec(BaseModel):
         """The one metric ASHA compares trials on."""
         if self.asha_metric is None:
             return self.objective_metrics(task)[0]
-        m = task_metric_name(task) if self.asha_metric == "task" else self.asha_metric
+        m = task_metric(task) if self.asha_metric == "task" else self.asha_metric
         if m not in METRIC_MODES or m in TASK_METRICS[_other(task)]:
             raise ConfigError(f"`tune.asha_metric`: unknown metric {self.asha_metric!r} for task {task}.")
         return m
@@ -229,3 +228,11 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     if "lr" in params:
         opt["lr"] = params["lr"]
     return out
+
+
+def task_metric(task: str) -> str:
+    """platform.metrics.task_metric_name, imported on use: the `tune` parser reads TuneSpec for its help, and
+    `gradprom --help` must not pay for torch and MONAI."""
+    from gradprom.platform.metrics import task_metric_name
+
+    return task_metric_name(task)
