@@ -183,7 +183,7 @@ def cell_setup(preset: str, task: str, device: torch.device, num_train: int, bat
     from gradprom.platform.config import build_config
     from gradprom.platform.data.dataset import SPLITS, EnhancementDataset
     from gradprom.platform.data.degradations import parse_degradation
-    from gradprom.platform.data.phantoms import load_phantom_splits
+    from gradprom.platform.data.phantom_splits import load_phantom_splits
 
     cell = Cell(task, "gaussian", strategy, 0)
     raw = GridSpec(preset=preset, device=device.type).cell_config(cell, out=tempfile.gettempdir())

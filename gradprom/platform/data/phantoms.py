@@ -22,13 +22,8 @@ Generator versions (`data.phantom_version`; version 1 stays the default, so comm
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from gradprom.platform.config import Config
-    from gradprom.platform.data.dataset import DataInfo, ImageSet
 
 SEG_CLASSES = 3  # background, organ, lesion
 LESION_OFFSET = 0.02  # lesion brightness over its organ (its texture carries the class)
@@ -135,20 +130,3 @@ def make_phantoms(n: int, seed: int, size: int = 64, num_classes: int = 3, textu
         imgs[i, 0], labels[i], masks[i] = make_phantom(seed, offset + i, size, num_classes,
                                                       texture_contrast, version)
     return PhantomSet(imgs, labels, masks)
-
-
-def load_phantom_splits(cfg: Config) -> tuple[dict[str, ImageSet], DataInfo]:
-    """Train/val/test phantoms with disjoint index ranges (so no image is shared between splits); cached on disk
-    (phantom_cache.py), so a second command with the same parameters does not draw them again."""
-    from gradprom.platform.data.dataset import SPLITS, DataInfo, ImageSet  # torch only when splits are built
-    from gradprom.platform.data.phantom_cache import cached_phantoms
-
-    d = cfg.data
-    sizes = {"train": d.num_train, "val": d.num_val, "test": d.num_test}
-    offsets = {"train": 0, "val": 10_000_000, "test": 20_000_000}
-    out = {}
-    for split in SPLITS:
-        ph = cached_phantoms(sizes[split], cfg.seed, d.image_size, d.num_classes, d.texture_contrast, offsets[split],
-                             d.phantom_version)
-        out[split] = ImageSet(ph.images, ph.labels, ph.masks)
-    return out, DataInfo(1, (d.image_size, d.image_size), d.num_classes, SEG_CLASSES, "phantoms")

@@ -14,7 +14,7 @@ from gradprom.platform.data.dataset import SPLITS, DataInfo, EnhancementDataset,
 from gradprom.platform.data.degradations import Degradation, parse_degradation
 from gradprom.platform.data.folder import load_folder_splits
 from gradprom.platform.data.npz import load_npz
-from gradprom.platform.data.phantoms import load_phantom_splits
+from gradprom.platform.data.phantom_splits import load_phantom_splits
 from gradprom.platform.data.validate import MAX_CLASSES, too_many_classes
 from gradprom.platform.errors import ConfigError, DataError, cut
 from gradprom.platform.store.format import is_store
