@@ -16,29 +16,31 @@ from ._ray_head import SLOW_START_ENV, cleanup, free_port, head_args, pids_of, s
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, **SLOW_START_ENV, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **SLOW_START_ENV, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **extra}
     env.pop("RAY_ADDRESS", None)
     return env
 
 
-def _start(args: list[str], temp: Path) -> None:
-    out = subprocess.run([RAY, "start", *args], capture_output=True, text=True, timeout=180, env=_env())
+def _start(args: list[str], temp: Path, env: dict[str, str]) -> None:
+    out = subprocess.run([RAY, "start", *args], capture_output=True, text=True, timeout=180, env=_env(env))
     if out.returncode != 0:
         cleanup(temp)
         raise RuntimeError(f"ray start failed: {out.stdout}\n{out.stderr}")
 
 
 class RayCluster:
-    """A head node and `add_node()`s joined to it; `stop()` ends exactly the processes of its nodes."""
+    """A head node and `add_node()`s joined to it; `stop()` ends exactly the processes of its nodes. `env` is
+    added to the environment of every node (its raylet passes it on to the worker processes)."""
 
-    def __init__(self, num_cpus: int = 2):
+    def __init__(self, num_cpus: int = 2, env: dict[str, str] | None = None):
+        self.env = env or {}
         self.temps: list[Path] = []
         self.port = free_port()
         temp = short_temp_dir()
         self.temps.append(temp)
         _start([*head_args(temp, self.port, free_port(), num_cpus=num_cpus, dashboard=False),
-                f"--resources={json.dumps({'node_head': 1})}"], temp)
+                f"--resources={json.dumps({'node_head': 1})}"], temp, self.env)
         self.address = f"127.0.0.1:{self.port}"
 
     def add_node(self, name: str, num_cpus: int = 2) -> Path:
@@ -49,7 +51,7 @@ class RayCluster:
                 f"--temp-dir={temp}", f"--resources={json.dumps({name: 1})}",
                 f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
                 f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-                "--disable-usage-stats"], temp)
+                "--disable-usage-stats"], temp, self.env)
         return temp
 
     @staticmethod

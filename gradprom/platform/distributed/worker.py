@@ -44,7 +44,7 @@ from gradprom.platform.distributed.shards import (
     streaming_batches,
     streaming_steps,
 )
-from gradprom.platform.distributed.worker_status import WorkerStatus
+from gradprom.platform.distributed.worker_status import WorkerStatus, data_memory_mb
 from gradprom.platform.epoch import Batch, EpochRunner
 from gradprom.platform.errors import TrainingError
 from gradprom.platform.evaluate import monitor_value
@@ -54,6 +54,7 @@ from gradprom.platform.step import TrainStep
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+WARM_STEPS = 3
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,13 +168,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     broadcast_models(models, device)
     metric = task_metric_name(cfg.task)
     per_step_check = cfg.distributed.sync_check == "step"
+    warm = [0]  # steps this process has taken (its memory baseline is taken after WARM_STEPS)
 
     for epoch in runner.epochs():
         # --- train: this rank's piece of every global batch ---------------------------------------------------
         gates: list[float] = []
         weight_bad = [0]
 
-        def after_step(res, gates=gates, weight_bad=weight_bad) -> None:
+        def after_step(res, gates=gates, weight_bad=weight_bad, warm=warm) -> None:
+            warm[0] += 1
+            if warm[0] == WARM_STEPS:  # torch's, gloo's and the allocator's first-step buffers are in place
+                status.write(data_warm_mb=data_memory_mb())
             gates.append(res.gate_open)
             if per_step_check:
                 weight_bad[0] += mismatches(torch.tensor([checksum(models.enhancer, models.recognizer)],
@@ -195,6 +200,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             pieces = rank_batches(train_ds, batches, rank, world, reducer, device, hook)
             n_steps, samples = len(batches), sum(len(b) for b in batches)
         stats = runner.train_epoch(epoch, pieces, n_steps, after_step)
+        peaks = status.fields.setdefault("train_peaks_mb", [])  # the data-memory peak so far, after each epoch
+        peaks.append(max(status.data_peak, data_memory_mb()))
         status.write(epoch=epoch, step=runner.p.step)
 
         # --- agreement: every rank took the same gate decisions and holds the same weights ----------------------
