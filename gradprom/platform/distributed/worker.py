@@ -10,6 +10,9 @@ Global batches: epoch e's order is the local loop's (a DataLoader over range(N) 
 with build.epoch_seed(seed, e)) and batch k is order[kB:(k+1)B]; rank r of W takes the r-th of W equal pieces. Each
 image's degradation is seeded by (seed, split, epoch, index), so the global batch, its noise and hence the
 averaged gradients do not depend on the number of workers, and a 1-worker run repeats the local loop.
+A store the local loop streams is walked the same way by every worker (shards.py, `distributed.sharding:
+exact`); `streaming` feeds each worker its own Ray Data split instead. `<run>/workers/rank<R>.json` names the
+process behind each rank and records its memory (worker_status.py).
 """
 
 from __future__ import annotations
