@@ -150,15 +150,11 @@ def make_scheduler(cfg: Config, spec: TuneSpec):
 
 def connect(address: str | None, num_cpus: int | None, timeout_s: float = 60.0) -> bool:
     """A private local Ray instance (default) or the cluster at `address`; True when this call started Ray."""
-    from gradprom.platform.distributed import runner as ray_train
+    import os
 
-    cfg = build_config({"distributed": {"workers": 1, "address": address, "num_cpus": num_cpus,
-                                        "timeout_s": timeout_s}}, source="--address/--num-cpus")
-    if address is None and num_cpus is None:
-        import os
+    from gradprom.platform.distributed.cluster import connect as connect_ray
 
-        cfg.distributed.num_cpus = os.cpu_count() or 1
-    return ray_train.connect(cfg)
+    return connect_ray(address, num_cpus or os.cpu_count() or 1, timeout_s)
 
 
 def study_name_of(exp: RunDir) -> str:
