@@ -9,6 +9,15 @@ and prints side by side: global samples/s of each, the GradProm/DDP step-time ra
 GradProm step spent in its all-reduce, and the speed-up from 1 to 2 workers.
 
 Usage: python benchmarks/ray_train_scaling.py [--batch 32] [--size 64] [--repeats 10] [--gpus-per-worker 0]
+
+With --sharding, instead: the data path (`distributed.sharding`) on a store larger than a per-worker memory
+cap. A random RGB store of --images images (--size^2) is written to a temp dir; 2 workers train --epochs on it
+with the real `gradprom train` runner in three ways: `exact` with the store in memory (data.streaming off: every
+worker decodes the whole split), `exact` streamed (every worker walks the seeded row-group stream, one row group +
+the shuffle buffer), and `streaming` (Ray Data streaming_split). Printed side by side: samples/s of the last
+epoch, and per worker the peak RSS, the rise of its anonymous memory over its start, and the rise from the first
+epoch's peak to the last's (what grows with the data), against the decoded store size and the cap (store / 3.2).
+  python benchmarks/ray_train_scaling.py --sharding [--images 2000] [--size 32] [--batch 64] [--epochs 2]
 Each worker gets one CPU (Ray sets one torch thread), so 1 -> 2 workers on a 2-core machine also doubles
 the cores in use; the speed-up there is bounded by the memory bandwidth the two cores share.
 """
@@ -96,6 +105,55 @@ def bench_worker(config: dict) -> None:
                                                    "params_r": sum(p.numel() for p in R.parameters())}))
 
 
+def sharding_bench(args) -> None:
+    """--sharding: samples/s and per-worker memory of the three data paths on one store (see the docstring)."""
+    import numpy as np
+
+    from gradprom.platform.config import build_config
+    from gradprom.platform.distributed.runner import train_on_ray
+    from gradprom.platform.distributed.worker_status import read_statuses
+    from gradprom.platform.rundir import RunDir
+    from gradprom.platform.store import write
+    from gradprom.platform.store.convert import convert
+    from gradprom.platform.store.format import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rng = np.random.default_rng(0)
+        arrays = {}
+        for split, n in (("train", args.images), ("val", 16), ("test", 16)):
+            arrays[f"{split}_images"] = rng.random((n, args.size, args.size, 3), dtype=np.float32)
+            arrays[f"{split}_labels"] = rng.integers(0, 3, n)
+        np.savez(root / "big.npz", **arrays)
+        write.ROW_GROUP_BYTES = 1 << 20  # ~1 MiB row groups: many of them, as in a large store
+        convert(root / "big.npz", root / "store", site="big", progress=False)
+        store_mb = Store(root / "store").decoded_bytes("train") / 2**20
+        rows = []
+        for label, sharding, streaming in (("exact, in memory", "exact", "off"), ("exact, streamed", "exact", "on"),
+                                           ("streaming", "streaming", "on")):
+            cfg = build_config({
+                "task": "classification", "seed": 0,
+                "data": {"source": str(root / "store"), "batch_size": args.batch, "streaming": streaming,
+                         "shuffle_buffer": 64},
+                "model": {"enhancer_channels": [4, 8], "recognizer_channels": [4, 8], "recognizer_norm": "instance"},
+                "optim": {"epochs": args.epochs},
+                "run": {"out": str(root / "runs"), "name": label.replace(", ", "-").replace(" ", "-"),
+                        "device": "cpu", "figures_every_epoch": False, "num_threads": 1},
+                "distributed": {"workers": 2, "sharding": sharding, "num_cpus": 3, "timeout_s": 120}})
+            path = train_on_ray(cfg)
+            train = [r for r in RunDir(path).read_epochs() if r["split"] == "train"]
+            for rank, st in sorted(read_statuses(path).items()):
+                peaks = st["train_peaks_mb"]
+                rows.append((label, rank, train[-1]["samples_per_s"], st["peak_rss_mb"],
+                             peaks[-1] - st["data_start_mb"], peaks[-1] - peaks[0]))
+    print(f"store: {args.images} RGB images of {args.size}^2, {store_mb:.1f} MiB as float32; per-worker cap "
+          f"{store_mb / 3.2:.1f} MiB (store / 3.2); 2 workers, global batch {args.batch}, {args.epochs} epochs")
+    print(f"{'sharding':>17} {'rank':>4} {'samples/s':>10} {'peak RSS MiB':>13} {'data rise MiB':>14} "
+          f"{'rise after epoch 1':>19}")
+    for label, rank, sps, rss, rise, late in rows:
+        print(f"{label:>17} {rank:>4} {sps:>10.1f} {rss:>13.0f} {rise:>14.1f} {late:>19.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32, help="global batch (split across the workers)")
@@ -105,7 +163,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--gpus-per-worker", type=float, default=0.0)
+    ap.add_argument("--sharding", action="store_true", help="compare the data paths of distributed.sharding")
+    ap.add_argument("--images", type=int, default=2000, help="--sharding: training images in the store")
+    ap.add_argument("--epochs", type=int, default=2, help="--sharding: epochs of each run")
     args = ap.parse_args()
+    if args.sharding:
+        sharding_bench(args)
+        return
 
     import ray
     from ray.train import RunConfig, ScalingConfig

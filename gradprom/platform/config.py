@@ -233,6 +233,16 @@ class DistributedConfig(_Section):
     timeout_s: float = F(60.0, "seconds to reach the cluster and to wait for its resources", gt=0.0)
     sync_check: Literal["off", "epoch", "step"] = F("epoch", "check that all workers took the same gate decisions "
                                                     "and hold identical weights: per epoch, per step, or never")
+    sharding: Literal["exact", "streaming"] = F(
+        "exact", "how workers share the training split: 'exact' = every worker walks the local loop's seeded order "
+        "and takes its slice of each global batch (gate decisions independent of the number of workers; a streamed "
+        "store holds one row group + the shuffle buffer per worker); 'streaming' = Ray Data's streaming_split of "
+        "the store's row groups (throughput; batches depend on the number of workers and on timing)")
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = F(
+        "PACK", "Ray placement of the workers: PACK (fill a node first), SPREAD (across nodes where possible), "
+        "STRICT_SPREAD (one worker per node, or the run waits for nodes)")
+    health_timeout_s: float = F(600.0, "a worker that answers no Ray Train health check for this long is declared "
+                                "hung and its group restarted (RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S)", gt=0.0)
 
 
 class Config(_Section):

@@ -11,29 +11,48 @@ import numpy as np
 import pyarrow as pa
 
 from gradprom.platform.config import Config
-from gradprom.platform.data.dataset import EnhancementDataset, ImageSet
+from gradprom.platform.data.dataset import ImageSet
 from gradprom.platform.data.holdout import holdout_mask
+from gradprom.platform.distributed.shards import read_row_groups, row_group_items
 from gradprom.platform.errors import TrainingError
 from gradprom.platform.store.format import Store, decode_images, decode_masks, is_store
+from gradprom.platform.store.stream import StreamingEnhancementDataset
 
 STORE_COLUMNS = ["image", "dtype", "channels", "height", "width", "label", "mask"]
 
 
-def train_source(cfg: Config, train: EnhancementDataset) -> tuple[dict[str, Any], Any]:
-    """(spec for the workers, a function making the Ray Dataset) of the training split."""
+def train_source(cfg: Config, train: Any) -> tuple[dict[str, Any], Any]:
+    """(spec for the workers, a function making the Ray Dataset, or None when the workers read the store
+    themselves) of the training split; `train` is the local loop's training dataset (streamed or in memory)."""
     src = cfg.data.source
+    sharding = cfg.distributed.sharding
     if src != "phantoms" and is_store(src):
         store = Store(src)
         sites = cfg.data.sites
         parts = store.select("train", sites)
+        # exact + a store the local loop streams: every worker streams it itself (distributed/shards.py)
+        streamed = isinstance(train, StreamingEnhancementDataset)
         paths = [os.path.normpath(os.path.abspath(p)) for p in store.part_paths("train", sites)]
         starts = np.concatenate([[0], np.cumsum([p.rows for p in parts])]).tolist()
         rows = int(starts[-1])
         holdout = None
         if not store.select("val", sites):  # the local loop's seeded hold-out of train as validation
             holdout = holdout_mask(rows, cfg.data.val_fraction, cfg.seed).tolist()
-        spec = {"shape": list(store.shape), "rows": rows, "path_start": dict(zip(paths, starts)), "holdout": holdout}
+        spec = {"shape": list(store.shape), "rows": rows, "path_start": dict(zip(paths, starts)), "holdout": holdout,
+                "sharding": sharding, "stream": streamed and sharding == "exact",
+                "train_rows": rows - (int(np.sum(holdout)) if holdout is not None else 0)}
         columns = [c for c in STORE_COLUMNS if c != ("mask" if cfg.task == "classification" else "label")]
+        if spec["stream"]:
+            return spec, None
+        if sharding == "streaming":
+            items = row_group_items(store, parts)
+
+            def make_groups():
+                import ray.data
+                return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                    read_row_groups, batch_size=1, batch_format="pyarrow",
+                    fn_kwargs={"columns": columns, "holdout": holdout})
+            return spec, make_groups
 
         def make():
             import ray.data
@@ -42,7 +61,8 @@ def train_source(cfg: Config, train: EnhancementDataset) -> tuple[dict[str, Any]
 
     # in memory (phantoms, .npz, image folder): rows in the store's schema plus their position
     table = memory_table(train.data, cfg.task)
-    spec = {"shape": list(train.data.images.shape[1:]), "rows": len(train.data), "holdout": None}
+    spec = {"shape": list(train.data.images.shape[1:]), "rows": len(train.data), "holdout": None,
+            "sharding": sharding, "stream": False, "train_rows": len(train.data)}
 
     def make():
         import ray.data

@@ -20,6 +20,8 @@ Importing this module does not import Ray; `train_on_ray` does.
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from gradprom.platform.data.holdout import HOLDOUT_RULE
 from gradprom.platform.data.sources import build_datasets
 from gradprom.platform.distributed.cluster import ClusterError, connect_for, wait_for_resources
 from gradprom.platform.distributed.ray_data import train_source
+from gradprom.platform.distributed.worker_status import read_statuses
 from gradprom.platform.errors import ConfigError, DataError, GradPromError, TrainingError
 from gradprom.platform.lifecycle import RunLifecycle
 from gradprom.platform.loop import saved_config
@@ -58,8 +61,16 @@ def _user_error(err: BaseException) -> GradPromError | None:
     return None
 
 
-def _failure_summary(err: BaseException) -> str:
+def _failure_summary(err: BaseException, run_path: Path, d: Any) -> str:
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckTimeoutError
+
     failures = getattr(err, "worker_failures", None) or {}
+    hung = sorted(r for r, e in failures.items() if isinstance(e, WorkerHealthCheckTimeoutError))
+    if hung:  # name the process: rank, pid and host from the worker's status file
+        who = read_statuses(run_path).get(hung[0], {})
+        return (f"rank {hung[0]} (pid {who.get('pid', '?')} on {who.get('hostname', '?')}, node "
+                f"{str(who.get('node_id', '?'))[:12]}) answered no health check for more than {d.health_timeout_s:g} s "
+                f"(distributed.health_timeout_s) and was declared hung")
     if failures:
         rank, e = sorted(failures.items())[0]
         text = str(getattr(e, "cause", None) or e).strip().splitlines()
@@ -92,9 +103,9 @@ def train_on_ray(cfg: Config, *, resume: bool = False, run_path: str | Path | No
     life = RunLifecycle(run, resume, resume_hint=f"`gradprom train --resume {run.path} --workers {d.workers}`")
     log.info("loading data (%s)…", cfg.data.source)
     datasets, info, degradation = build_datasets(cfg)  # every data check of the local loop (DataError)
-    if not isinstance(datasets["train"], EnhancementDataset):
-        log.info("the store is read by Ray Data on every worker; its train split is held in memory there")
     spec, make_dataset = train_source(cfg, datasets["train"])
+    if not isinstance(datasets["train"], EnhancementDataset) and not spec["stream"] and d.sharding == "exact":
+        log.info("the store is read by Ray Data on every worker; its train split is held in memory there")
 
     # --- 2) the cluster --------------------------------------------------------------------------------------
     started = connect_for(cfg)
@@ -115,34 +126,39 @@ def train_on_ray(cfg: Config, *, resume: bool = False, run_path: str | Path | No
         header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
                       **cfg.gate_variant, data=cfg.data.source, degradation=str(degradation), holdout=HOLDOUT_RULE,
                       device=f"{'cuda (nccl)' if use_gpu else 'cpu (gloo)'} x {d.workers} workers",
-                      workers=d.workers, address=d.address or "local", versions={**versions(), "ray": ray.__version__})
+                      workers=d.workers, address=d.address or "local", sharding=d.sharding,
+                      sharding_note=SHARDING_NOTE[d.sharding], versions={**versions(), "ray": ray.__version__})
         with life.running("ray-train", header, save=lambda path: save_config(saved_config(cfg), path)):
             resources = {"CPU": d.cpus_per_worker, **({"GPU": d.gpus_per_worker} if use_gpu else {})}
             trainer = TorchTrainer(
                 train_loop_per_worker,
                 train_loop_config={"cfg": cfg.to_dict(), "run_path": str(run.path), "info": vars(info).copy(),
                                    "train": spec, "resume": resume, "inject_failure": inject_failure},
-                scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=use_gpu, resources_per_worker=resources),
+                scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=use_gpu, resources_per_worker=resources,
+                                             placement_strategy=d.placement),
                 run_config=RunConfig(
                     name=RAY_DIR, storage_path=str(run.path),
                     checkpoint_config=CheckpointConfig(num_to_keep=d.keep_checkpoints,
                                                        checkpoint_score_attribute=d.checkpoint_metric,
                                                        checkpoint_score_order=d.checkpoint_order),
                     failure_config=FailureConfig(max_failures=d.max_failures), callbacks=callbacks),
-                datasets={"train": make_dataset()},
-                # every worker reads the whole split and takes its piece of each global batch (see worker.py):
-                # Ray Data's streaming split hands blocks to whichever worker asks first, so batches would depend
-                # on timing and on the number of workers
-                dataset_config=DataConfig(datasets_to_split=[], execution_options=_ordered()),
+                datasets={"train": make_dataset()} if make_dataset is not None else None,
+                # exact: every worker reads the same split (or stream) and takes its piece of each global batch
+                # (see worker.py, shards.py); streaming: Ray Data's streaming split hands blocks to whichever
+                # worker asks first, so batches depend on timing and on the number of workers
+                dataset_config=(DataConfig(datasets_to_split=["train"]) if d.sharding == "streaming"
+                                else DataConfig(datasets_to_split=[], execution_options=_ordered())),
             )
             try:
-                result = trainer.fit()
+                with health_timeout(d.health_timeout_s):
+                    result = trainer.fit()
             except TrainingFailedError as e:
                 user = _user_error(e)
                 if user is not None:
                     raise user from None
                 raise TrainingError(f"The Ray Train run {str(run.path)!r} failed after {max(d.max_failures, 0)} "
-                                    f"restart(s) (distributed.max_failures): {_failure_summary(e)}. The workers' "
+                                    f"restart(s) (distributed.max_failures): {_failure_summary(e, run.path, d)}. "
+                                    f"The workers' "
                                     f"logs are under Ray's session directory (/tmp/ray/session_latest/logs).") from None
             best = [{"path": c.path, d.checkpoint_metric: m.get(d.checkpoint_metric)}
                     for c, m in (result.best_checkpoints or [])]
@@ -152,6 +168,29 @@ def train_on_ray(cfg: Config, *, resume: bool = False, run_path: str | Path | No
         if started:
             import ray
             ray.shutdown()
+
+
+SHARDING_NOTE = {
+    "exact": "every worker takes its slice of the same global batches: batches and gate decisions do not depend on "
+             "the number of workers",
+    "streaming": "Ray Data streaming_split: which images form a batch depends on the number of workers and on timing",
+}
+
+
+@contextmanager
+def health_timeout(seconds: float):
+    """RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S for the runs started inside (Ray Train reads it from the driver's
+    environment when fit() creates its controller, and passes it on); the previous value is restored after."""
+    key = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
+    old = os.environ.get(key)
+    os.environ[key] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 def _ordered():

@@ -10,11 +10,16 @@ Global batches: epoch e's order is the local loop's (a DataLoader over range(N) 
 with build.epoch_seed(seed, e)) and batch k is order[kB:(k+1)B]; rank r of W takes the r-th of W equal pieces. Each
 image's degradation is seeded by (seed, split, epoch, index), so the global batch, its noise and hence the
 averaged gradients do not depend on the number of workers, and a 1-worker run repeats the local loop.
+A store the local loop streams is walked the same way by every worker (shards.py, `distributed.sharding:
+exact`); `streaming` feeds each worker its own Ray Data split instead. `<run>/workers/rank<R>.json` names the
+process behind each rank and records its memory (worker_status.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +39,15 @@ from gradprom.platform.data.sources import build_datasets
 from gradprom.platform.distributed.agreement import broadcast_models, checksum, mismatches
 from gradprom.platform.distributed.ray_data import read_train_split
 from gradprom.platform.distributed.reducers import AllReduceReducer
+from gradprom.platform.distributed.shards import (
+    exact_steps,
+    exact_stream_batches,
+    local_batch,
+    streamed_train_set,
+    streaming_batches,
+    streaming_steps,
+)
+from gradprom.platform.distributed.worker_status import WorkerStatus, data_memory_mb
 from gradprom.platform.epoch import Batch, EpochRunner
 from gradprom.platform.errors import TrainingError
 from gradprom.platform.evaluate import monitor_value
@@ -44,6 +58,7 @@ from gradprom.platform.step import TrainStep
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+WARM_STEPS = 3
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,15 +101,23 @@ def follow_verbosity(run_path: Path | None) -> None:
 
 
 def failure_hook(fail: dict[str, Any] | None, rank: int, epoch: int) -> Callable[[int], None] | None:
-    """Tests' fault injection (`train_on_ray(inject_failure=...)`): that rank raises once at that step (a marker
-    file remembers it), to exercise Ray's restart from the latest checkpoint. None in production."""
+    """Tests' fault injection (`train_on_ray(inject_failure=...)`), once per run (a marker file remembers it):
+    at that rank, epoch and step, `kind` "raise" (default) raises; "pause" sleeps `seconds` (the test kills the
+    process from outside meanwhile); "hang" stops the whole process (SIGSTOP), so it no longer answers Ray
+    Train's health check. None in production."""
     if not fail or rank != fail["rank"] or epoch != fail["epoch"]:
         return None
 
     def hook(k: int) -> None:
         if k == fail["step"] and not Path(fail["marker"]).exists():
-            Path(fail["marker"]).write_text("failed once\n")
-            raise RuntimeError(f"injected failure on rank {rank} at epoch {epoch}, step {k}")
+            Path(fail["marker"]).write_text(f"{os.getpid()}\n")
+            kind = fail.get("kind", "raise")
+            if kind == "pause":
+                time.sleep(float(fail.get("seconds", 120)))
+            elif kind == "hang":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            else:
+                raise RuntimeError(f"injected failure on rank {rank} at epoch {epoch}, step {k}")
     return hook
 
 
@@ -120,10 +143,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         device = torch.device("cpu")
     info = DataInfo(**config["info"])
     degradation = parse_degradation(cfg.data.degradation)
+    status = WorkerStatus(run.path, rank, world)  # before any data is read: the memory baseline
 
-    # --- data: this worker's view of the training split through Ray Data; rank 0 also evaluates ------------
-    train_set = read_train_split(ray.train.get_dataset_shard("train"), config["train"], cfg.task)
-    train_ds = EnhancementDataset(train_set, degradation, cfg.task, cfg.seed, "train")
+    # --- data (distributed.sharding, see shards.py): in memory, one seeded stream per worker, or a Ray Data
+    #     streaming split; rank 0 also evaluates ------------------------------------------------------------------
+    spec = config["train"]
+    train_ds = stream_ds = shard = None
+    if spec.get("sharding") == "streaming":
+        shard = ray.train.get_dataset_shard("train")
+    elif spec.get("stream"):
+        stream_ds = streamed_train_set(cfg, degradation)
+    else:
+        train_set = read_train_split(ray.train.get_dataset_shard("train"), spec, cfg.task)
+        train_ds = EnhancementDataset(train_set, degradation, cfg.task, cfg.seed, "train")
     eval_sets = build_datasets(cfg)[0] if chief else None
 
     # --- models, the step with the fused all-reduce reducer, the shared epoch runner ---------------------------
@@ -149,27 +181,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = load_checkpoint(run.latest_checkpoint(), map_location=device)
         where = str(run.latest_checkpoint())
     runner.resume(state, where)
+    status.write(start_epoch=runner.p.epoch)  # > 0 after a restart from a checkpoint
     broadcast_models(models, device)
     metric = task_metric_name(cfg.task)
     per_step_check = cfg.distributed.sync_check == "step"
+    warm = [0]  # steps this process has taken (its memory baseline is taken after WARM_STEPS)
 
     for epoch in runner.epochs():
         # --- train: this rank's piece of every global batch ---------------------------------------------------
-        train_ds.set_epoch(epoch)
         gates: list[float] = []
         weight_bad = [0]
 
-        def after_step(res, gates=gates, weight_bad=weight_bad) -> None:
+        def after_step(res, gates=gates, weight_bad=weight_bad, warm=warm) -> None:
+            warm[0] += 1
+            if warm[0] == WARM_STEPS:  # torch's, gloo's and the allocator's first-step buffers are in place
+                status.write(data_warm_mb=data_memory_mb())
             gates.append(res.gate_open)
             if per_step_check:
                 weight_bad[0] += mismatches(torch.tensor([checksum(models.enhancer, models.recognizer)],
                                                          device=device), world)
 
         t_epoch, allreduce_s0 = time.monotonic(), reducer.seconds
-        batches = global_batches(len(train_ds), cfg, epoch)
-        pieces = rank_batches(train_ds, batches, rank, world, reducer, device,
-                              failure_hook(config.get("inject_failure"), rank, epoch))
-        stats = runner.train_epoch(epoch, pieces, len(batches), after_step)
+        hook = failure_hook(config.get("inject_failure"), rank, epoch)
+        if shard is not None:
+            n_steps = streaming_steps(spec, cfg, world)
+            pieces = streaming_batches(shard, spec, cfg, degradation, epoch, world, reducer, device, hook)
+            samples = n_steps * local_batch(cfg, world) * world
+        elif stream_ds is not None:
+            n_steps = exact_steps(stream_ds, cfg)
+            pieces = exact_stream_batches(stream_ds, cfg, epoch, rank, world, reducer, device, hook)
+            samples = min(len(stream_ds), n_steps * cfg.data.batch_size)
+        else:
+            train_ds.set_epoch(epoch)
+            batches = global_batches(len(train_ds), cfg, epoch)
+            pieces = rank_batches(train_ds, batches, rank, world, reducer, device, hook)
+            n_steps, samples = len(batches), sum(len(b) for b in batches)
+        stats = runner.train_epoch(epoch, pieces, n_steps, after_step)
+        peaks = status.fields.setdefault("train_peaks_mb", [])  # the data-memory peak so far, after each epoch
+        peaks.append(max(status.data_peak, data_memory_mb()))
+        status.write(epoch=epoch, step=runner.p.step)
 
         # --- agreement: every rank took the same gate decisions and holds the same weights ----------------------
         check = {"gate_mismatches": 0, "weight_mismatches": weight_bad[0]}
@@ -184,7 +234,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                     f"and {check['weight_mismatches']} weight checks differ from rank 0; the "
                                     f"reducer is not averaging the same buffer on every rank.")
         elapsed = max(time.monotonic() - t_epoch, 1e-9)
-        extra = {**check, "workers": world, "samples_per_s": sum(len(b) for b in batches) / elapsed,
+        peak = torch.tensor([status.fields["peak_rss_mb"]], dtype=torch.float64, device=device)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)  # the largest worker's peak resident memory
+        extra = {**check, "workers": world, "peak_rss_mb": float(peak), "samples_per_s": samples / elapsed,
                  "allreduce_share": (reducer.seconds - allreduce_s0) / elapsed}
 
         # --- rank 0: evaluate, write the run directory, checkpoint; every rank reports ---------------------------

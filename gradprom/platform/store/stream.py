@@ -56,7 +56,8 @@ class StreamingEnhancementDataset(IterableDataset):
     def _epoch(self) -> int:
         return self.epoch if self.split == "train" else 0
 
-    def _item(self, index: int, x: np.ndarray, y: np.ndarray) -> dict:
+    def item(self, index: int, x: np.ndarray, y: np.ndarray) -> dict:
+        """The training item of one row: its seeded degradation, as `EnhancementDataset` makes it."""
         x_hq = torch.from_numpy(x)
         x_lq = self.degradation(x_hq, sample_generator(self.seed, self.split, self._epoch(), index))
         return {"x_lq": x_lq, "x_hq": x_hq, "y": torch.as_tensor(y), "index": index}
@@ -85,11 +86,16 @@ class StreamingEnhancementDataset(IterableDataset):
             del x, y, table
 
     def __iter__(self) -> Iterator[dict]:
+        for row in self.rows():
+            yield self.item(*row)
+
+    def rows(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The epoch's (index, image, target) rows in streamed order, before degradation: Ray Train workers in
+        `distributed.sharding: exact` all walk this same order and make items only of their slice."""
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         if not self.shuffle:
-            for index, x, y in self._rows(np.arange(len(self.groups))[wid::nw], None):
-                yield self._item(index, x, y)
+            yield from self._rows(np.arange(len(self.groups))[wid::nw], None)
             return
         rng = np.random.default_rng([self.seed, SPLIT_CODE[self.split], self._epoch(), wid])
         order = np.random.default_rng([self.seed, SPLIT_CODE[self.split], self._epoch()]).permutation(len(self.groups))
@@ -100,6 +106,6 @@ class StreamingEnhancementDataset(IterableDataset):
                 continue
             j = int(rng.integers(len(buf)))
             out, buf[j] = buf[j], row
-            yield self._item(*out)
+            yield out
         for j in rng.permutation(len(buf)):
-            yield self._item(*buf[j])
+            yield buf[j]
