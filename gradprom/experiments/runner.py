@@ -50,18 +50,20 @@ def run_grid(spec: GridSpec, out: Path, progress: bool = True) -> list[dict[str,
     loop_log = logging.getLogger("gradprom.platform.epoch")
     level = loop_log.level
     loop_log.setLevel(max(level, logging.WARNING))
-    bar = tqdm(cells, desc="experiment", disable=None if progress else True, dynamic_ncols=True)
-    for i, cell in enumerate(bar, 1):
-        bar.set_postfix_str(cell.id)
-        raw = spec.cell_config(cell, str(runs))
-        reused = cell_done(runs / cell.id)
-        row = run_cell(cell, raw, runs / cell.id, frozen_path(judges, cell.task), device)
-        rows.append(row)
-        # one line per cell, so a grid whose output is not a terminal (no bar) still shows progress
-        log.info("cell %d/%d %s %s: psnr %.2f dB, task %.3f (frozen judge), %.0f s elapsed", i, len(cells), cell.id,
-                 "reused" if reused else "trained", row["psnr"], row["task_frozen"], time.monotonic() - t0)
-    bar.close()
-    loop_log.setLevel(level)
+    try:
+        bar = tqdm(cells, desc="experiment", disable=None if progress else True, dynamic_ncols=True)
+        for i, cell in enumerate(bar, 1):
+            bar.set_postfix_str(cell.id)
+            raw = spec.cell_config(cell, str(runs))
+            reused = cell_done(runs / cell.id)
+            row = run_cell(cell, raw, runs / cell.id, frozen_path(judges, cell.task), device)
+            rows.append(row)
+            # one line per cell, so a grid whose output is not a terminal (no bar) still shows progress
+            log.info("cell %d/%d %s %s: psnr %.2f dB, task %.3f (frozen judge), %.0f s elapsed", i, len(cells), cell.id,
+                     "reused" if reused else "trained", row["psnr"], row["task_frozen"], time.monotonic() - t0)
+        bar.close()
+    finally:  # an interrupted grid (Ctrl-C, SIGTERM) must not leave the epoch log muted in this process
+        loop_log.setLevel(level)
 
     # the degraded input and the clean images through the same judge, per (task, degradation, seed)
     groups = sorted({(c.task, c.degradation, c.seed) for c in cells})

@@ -26,6 +26,13 @@ def _not_the_banner(record: logging.LogRecord) -> bool:
     return not any(DEPRECATION_BANNER in str(a) for a in (record.msg, *(record.args or ())))
 
 
+def _no_traceback(record: logging.LogRecord) -> bool:
+    """Flower logs a ClientApp's exception (a site's crash, or the Ctrl-C that stops a round) with its whole
+    traceback at ERROR; the rounds table and GradProm's own line name the site and the reason, so the console
+    drops the traceback (log.txt keeps it; -v shows it)."""
+    return "Traceback (most recent call last)" not in record.getMessage()
+
+
 def ray_logging_level(verbose: bool) -> str:
     """`ray.init(logging_level=...)` for the simulation's private Ray instance."""
     return "INFO" if verbose else "WARNING"
@@ -48,6 +55,12 @@ def federation_logging(run_path: Path, verbose: bool) -> Iterator[Path]:
     update_console_handler(level=logging.INFO if verbose else logging.WARNING, colored=_isatty())  # INFO: its default
     for h in consoles:
         h.addFilter(_not_the_banner)
+        if not verbose:
+            h.addFilter(_no_traceback)
+    # the CLI's verbosity filter on the libraries' console handlers (platform/logs.py) follows this run's choice
+    from gradprom.platform.logs import quiet_libraries, verbosity
+
+    quiet_libraries("verbose" if verbose else verbosity())
     # Ray's start-up FutureWarning about accelerator env vars on zero-GPU actors: keep today's behaviour, no warning
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # the root logger's level decides whether INFO records of gradprom.* reach log.txt at all
@@ -71,6 +84,8 @@ def federation_logging(run_path: Path, verbose: bool) -> Iterator[Path]:
         for h, level in before:
             h.setLevel(level)
             h.removeFilter(_not_the_banner)
+            h.removeFilter(_no_traceback)
+        quiet_libraries(verbosity())
 
 
 def _isatty() -> bool:
