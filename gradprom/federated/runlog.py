@@ -57,9 +57,13 @@ def federation_logging(run_path: Path, verbose: bool) -> Iterator[Path]:
         h.addFilter(_not_the_banner)
         if not verbose:
             h.addFilter(_no_traceback)
-    # the CLI's verbosity filter on the libraries' console handlers (platform/logs.py) follows this run's choice
-    from gradprom.platform.logs import quiet_libraries, verbosity
+    # the CLI's verbosity filter on the libraries' console handlers (platform/logs.py) follows this run's choice,
+    # and is put back as it was afterwards
+    from gradprom.platform.logs import ConsoleFilter, quiet_libraries, verbosity
 
+    streams = [h for lg in (flwr_log, ray_log) for h in lg.handlers if isinstance(h, logging.StreamHandler)
+               and not isinstance(h, logging.FileHandler)]
+    saved_filters = {h: [f for f in h.filters if isinstance(f, ConsoleFilter)] for h in streams}
     quiet_libraries("verbose" if verbose else verbosity())
     # Ray's start-up FutureWarning about accelerator env vars on zero-GPU actors: keep today's behaviour, no warning
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -85,7 +89,11 @@ def federation_logging(run_path: Path, verbose: bool) -> Iterator[Path]:
             h.setLevel(level)
             h.removeFilter(_not_the_banner)
             h.removeFilter(_no_traceback)
-        quiet_libraries(verbosity())
+        for h, filters in saved_filters.items():
+            for f in [f for f in h.filters if isinstance(f, ConsoleFilter)]:
+                h.removeFilter(f)
+            for f in filters:
+                h.addFilter(f)
 
 
 def _isatty() -> bool:
