@@ -5,6 +5,7 @@ simulation under differential privacy with the server gate (run.json records the
 from __future__ import annotations
 
 import math
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -53,7 +54,7 @@ def test_quiet_dp_federation_with_degradation_server_gate_figures_and_log(tmp_pa
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_verbose_brings_flowers_lines_back_and_log_txt_always_has_them(tmp_path, capfd):
+def test_verbose_brings_flowers_lines_back_and_log_txt_always_has_them(tmp_path, capfd, request):
     """In-process (the simulation above covers the quiet side end to end): Flower's own logger and console."""
     import logging
 
@@ -61,6 +62,18 @@ def test_verbose_brings_flowers_lines_back_and_log_txt_always_has_them(tmp_path,
 
     from gradprom.federated.runlog import federation_logging
 
+    # Flower's console handler keeps the stream it was made with; when an earlier test imported Flower, that is
+    # an earlier test's capture stream, so point it at this test's stderr, and at the real stderr afterwards
+    flwr_handlers = [h for h in logging.getLogger("flwr").handlers if isinstance(h, logging.StreamHandler)
+                     and not isinstance(h, logging.FileHandler)]
+    for h in flwr_handlers:
+        h.stream = sys.stderr
+
+    def back_to_real_stderr():
+        for h in flwr_handlers:
+            h.stream = sys.__stderr__
+
+    request.addfinalizer(back_to_real_stderr)
     for verbose in (False, True):
         with federation_logging(tmp_path / str(verbose), verbose) as path:
             log(logging.INFO, "%s %s", FLOWER_INFO, verbose)
