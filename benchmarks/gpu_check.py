@@ -134,12 +134,7 @@ def stage_tests(plan: Plan, deadline: float, out: Path) -> dict[str, Any]:
         cmd += ["-k", plan.tests_select]
     env = {**os.environ, "GRADPROM_TEST_DEVICE": plan.device,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    try:
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=max(5.0, deadline - time.monotonic()))
-        rc, log = p.returncode, p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, log = "timeout", _text(e.stdout) + _text(e.stderr)
+    rc, log = run_until(cmd, env, deadline)
     (out / "pytest.log").write_text(log)
     res: dict[str, Any] = {"status": "ok" if rc == 0 else "failed", "returncode": rc, "device": plan.device,
                            "command": " ".join(["GRADPROM_TEST_DEVICE=" + plan.device, "python -m pytest",
@@ -167,6 +162,16 @@ def _dist_version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "?"
+
+
+def run_until(cmd: list[str], env: dict[str, str], deadline: float) -> tuple[int | str, str]:
+    """(return code or "timeout", stdout + stderr) of `cmd` run in the checkout, stopped at `deadline`."""
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=max(5.0, deadline - time.monotonic()))
+        return p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired as e:
+        return "timeout", _text(e.stdout) + _text(e.stderr)
 
 
 def _text(b: bytes | str | None) -> str:
@@ -439,12 +444,7 @@ def stage_ray(plan: Plan, deadline: float, out: Path) -> dict[str, Any]:
                "--set", "data.num_val=32", "--set", "data.num_test=32"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         t0 = time.monotonic()
-        try:
-            p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                               timeout=max(5.0, deadline - time.monotonic()))
-            rc, log = p.returncode, p.stdout + p.stderr
-        except subprocess.TimeoutExpired as e:
-            rc, log = "timeout", _text(e.stdout) + _text(e.stderr)
+        rc, log = run_until(cmd, env, deadline)
         run_json = Path(tmp) / "ray-gpu" / "run.json"
         run = json.loads(run_json.read_text()) if run_json.is_file() else {}
     (out / "ray.log").write_text(log)

@@ -27,6 +27,7 @@ from gradprom.platform.data.dataset import EnhancementDataset
 from gradprom.platform.data.degradations import parse_degradation
 from gradprom.platform.errors import ConfigError, DataError
 from gradprom.platform.lifecycle import RunLifecycle
+from gradprom.platform.loop import saved_config
 from gradprom.platform.metrics import task_metric_name
 from gradprom.platform.rundir import RunDir, versions, write_parquet
 
@@ -140,8 +141,8 @@ class FederationRun:
                       fl_strategy=fed.strategy, gate_level=fed.gate_level, local_steps=fed.local_steps,
                       **privacy_header(fed),
                       versions=versions())
-        saved = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": None})})
-        return self.life.running("federated", header, save=lambda path: save_federation(saved, fed, path))
+        return self.life.running("federated", header,
+                                 save=lambda path: save_federation(saved_config(cfg), fed, path))
 
     def evaluate(self, server_round: int, record: ArrayRecord) -> MetricRecord | None:
         """Server-side evaluation of the global model each round; then the tables and the checkpoint."""
