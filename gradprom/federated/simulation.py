@@ -79,6 +79,7 @@ def simulate(raw: dict[str, Any], run_path: str | Path | None = None, resume: bo
                              "log_to_driver": False, "logging_level": ray_logging_level(verbose)}}
     raw = {**raw, "run": {**raw.get("run", {}), "name": path.name, "out": str(path.parent)}}
     flwr_log = logging.getLogger("flwr")
+    propagate = flwr_log.propagate
     flwr_log.propagate = False  # Flower prints its own log lines; do not print them twice
     if not log.isEnabledFor(logging.DEBUG):  # a site's failure is one line in our log and the rounds table
         flwr_log.addFilter(_no_client_tracebacks)
@@ -97,6 +98,8 @@ def simulate(raw: dict[str, Any], run_path: str | Path | None = None, resume: bo
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         threading.excepthook = hook
+        flwr_log.propagate = propagate
+        flwr_log.removeFilter(_no_client_tracebacks)
     info = RunDir(path).read_run()
     if info.get("status") == "stopped":
         raise KeyboardInterrupt(info.get("error"))

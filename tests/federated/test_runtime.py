@@ -61,19 +61,28 @@ def test_verbose_brings_flowers_lines_back_and_log_txt_always_has_them(tmp_path,
     from flwr.common.logger import log
 
     from gradprom.federated.runlog import federation_logging
+    from gradprom.platform.logs import ConsoleFilter
 
-    # Flower's console handler keeps the stream it was made with; when an earlier test imported Flower, that is
-    # an earlier test's capture stream, so point it at this test's stderr, and at the real stderr afterwards
+    # Start from Flower's default console: its handler at INFO, writing to this test's stderr, without the CLI's
+    # verbosity filter. An earlier test in this process may have left any of those changed (the handler keeps the
+    # stream of the test that imported Flower; an in-process CLI run leaves its filter), and federation_logging
+    # promises only to put back what it found. The finalizer puts back what this test found.
     flwr_handlers = [h for h in logging.getLogger("flwr").handlers if isinstance(h, logging.StreamHandler)
                      and not isinstance(h, logging.FileHandler)]
+    found = [(h, h.stream, h.level, list(h.filters)) for h in flwr_handlers]
     for h in flwr_handlers:
         h.stream = sys.stderr
+        h.setLevel(logging.INFO)
+        for f in [f for f in h.filters if isinstance(f, ConsoleFilter)]:
+            h.removeFilter(f)
 
-    def back_to_real_stderr():
-        for h in flwr_handlers:
-            h.stream = sys.__stderr__
+    def put_back():
+        for h, _stream, level, filters in found:
+            h.stream = sys.__stderr__  # the capture stream it had is closed once its test ended
+            h.setLevel(level)
+            h.filters[:] = filters
 
-    request.addfinalizer(back_to_real_stderr)
+    request.addfinalizer(put_back)
     for verbose in (False, True):
         with federation_logging(tmp_path / str(verbose), verbose) as path:
             log(logging.INFO, "%s %s", FLOWER_INFO, verbose)
@@ -83,5 +92,5 @@ def test_verbose_brings_flowers_lines_back_and_log_txt_always_has_them(tmp_path,
         assert "deprecated" not in err  # the banner is dropped from the console, verbose or not
         text = path.read_text()
         assert f"{FLOWER_INFO} {verbose}" in text and "The `run_simulation` function is deprecated" in text
-    log(logging.INFO, "after the run")  # the console handler is back at Flower's default
+    log(logging.INFO, "after the run")  # the console handler is back as it was: Flower's default
     assert "after the run" in capfd.readouterr().err
