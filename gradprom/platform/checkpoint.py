@@ -56,11 +56,13 @@ def load_problem(e: Exception) -> str:
 
 
 def training_state(models: Models, cfg: Config, epoch: int, step: int, best: float,
-                   val: dict[str, float]) -> dict[str, Any]:
-    """The checkpoint dict: models, optimizers, progress and config (plain tensors and numbers only)."""
+                   val: dict[str, float], scaler: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict: models, optimizers, progress, config and the step's own state (the EMA of
+    `gradprom.scale`); plain tensors and numbers only."""
     return {"enhancer": models.enhancer.state_dict(), "recognizer": models.recognizer.state_dict(),
             "opt_e": models.opt_e.state_dict(), "opt_r": models.opt_r.state_dict() if models.opt_r is not None else {},
-            "epoch": epoch, "step": step, "best": best, "config": cfg.to_dict(), "metrics": val}
+            "epoch": epoch, "step": step, "best": best, "config": cfg.to_dict(), "metrics": val,
+            "scaler": scaler or {}}
 
 
 def load_training_state(models: Models, state: dict[str, Any], run_path: Path, ckpt: Path) -> None:

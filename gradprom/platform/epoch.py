@@ -120,6 +120,8 @@ class EpochRunner:
             best = repair_best(self.run, state, lambda val: monitor_value(val, self.cfg))
         self.p = Progress(state["epoch"] + 1, state["step"], best)
         self.step.steps_done = state["step"]
+        if self.step.scaler is not None:  # checkpoints before the scaler's state was saved hold none: a fresh EMA
+            self.step.scaler.load_state_dict(state.get("scaler", {}))
         if self.tb is not None:
             self.tb.purge_step = state["step"] + 1
         if self.run is not None:
@@ -185,7 +187,8 @@ class EpochRunner:
         if self.tb is not None:
             self.tb.epoch(p.rows[-2]), self.tb.epoch(p.rows[-1])
         score = monitor_value(val, cfg)
-        state = training_state(self.models, cfg, epoch, p.step, max(p.best, score), val)
+        scaler = self.step.scaler.state_dict() if self.step.scaler is not None else None
+        state = training_state(self.models, cfg, epoch, p.step, max(p.best, score), val, scaler)
         if score > p.best:
             p.best = score
             save_checkpoint(run.best_checkpoint(), state)

@@ -29,6 +29,14 @@ class TaskScaler:
     relax: float = 1.0
     _norms: Tensor | None = field(default=None, repr=False)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The EMA of the norms (empty before the first step): checkpointed, so a resumed run scales as the
+        uninterrupted one would."""
+        return {} if self._norms is None else {"norms": self._norms.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self._norms = state["norms"].clone() if "norms" in state else None
+
     def __call__(self, g_e: Tensor, g_r: Tensor, layout: ParamLayout) -> tuple[Tensor, Tensor]:
         """(scaled g_r, the factor applied as one number: ‖scaled g_r‖/‖g_r‖, 1 for a zero g_r)."""
         if self.granularity == "global":

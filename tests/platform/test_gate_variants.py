@@ -266,3 +266,31 @@ def test_the_variants_are_arms_of_the_experiment_grid():
     for arm, (key, value) in fields.items():
         cfg = build_config(spec.cell_config(Cell("classification", "gaussian", arm, 0), "runs"))
         assert getattr(cfg.gradprom, key) == value and cfg.gradprom.strategy == "gradprom"
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_scalers_ema_and_matches_the_uninterrupted_run(tmp_path):
+    """The EMA of the norms is state of the step: without it in the checkpoint, the first resumed step would
+    scale g_r by its own norms alone and the resumed run would leave the uninterrupted one's trajectory."""
+    import torch
+
+    from gradprom.cli import main
+    from gradprom.platform.checkpoint import load_checkpoint
+    from gradprom.platform.rundir import RunDir
+
+    tiny_run = ["--set", "data.num_train=16", "--set", "data.num_val=8", "--set", "data.num_test=8",
+                "--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "model.enhancer_channels=[4,8]",
+                "--set", "model.recognizer_channels=[4,8]", "--out", str(tmp_path), "--strategy", "gradprom",
+                "--scale", "match", "--set", "gradprom.scale_ema=0.9"]
+    assert main(["-q", "train", *tiny_run, "--epochs", "2", "--name", "whole"]) == 0
+    assert main(["-q", "train", *tiny_run, "--epochs", "1", "--name", "halves"]) == 0
+    halves = RunDir(tmp_path / "halves")
+    assert load_checkpoint(halves.latest_checkpoint())["scaler"]["norms"].shape == (2,)
+    assert main(["-q", "train", "--resume", str(halves.path), "--epochs", "2"]) == 0
+    whole = RunDir(tmp_path / "whole")
+    a, b = (load_checkpoint(r.latest_checkpoint()) for r in (whole, halves))
+    assert torch.equal(a["scaler"]["norms"], b["scaler"]["norms"])
+    for k, v in a["enhancer"].items():
+        assert torch.allclose(v, b["enhancer"][k], atol=1e-6), k
+    assert [r["scale"] for r in whole.read_steps().to_pylist()] == pytest.approx(
+        [r["scale"] for r in halves.read_steps().to_pylist()], rel=1e-6)
