@@ -1,6 +1,7 @@
 """Ray Train beyond one machine's memory, on a real two-node cluster: `distributed.sharding` (exact and
 streaming), bounded worker memory, one worker per node, real process faults (kill -9 of a worker, a hung
-worker detected within `distributed.health_timeout_s`).
+worker detected within `distributed.health_timeout_s`, kill -9 of the second node's raylet with a replacement
+node joining).
 
 All Ray runs share one module cluster: `ray start --head` plus a second `ray start --address` node on this
 machine (own temp dirs, 2 logical CPUs each), stopped by their own processes. The equivalence data is the
@@ -290,3 +291,43 @@ def test_a_hung_worker_is_detected_within_the_health_timeout_and_named(scale_run
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_second_nodes_raylet_restarts_on_a_replacement_node_and_matches(cluster, scale_runs):
+    """A lost node: the raylet of the second node is killed (its workers die with it); the placement group needs
+    two nodes (STRICT_SPREAD), so the run waits until a replacement node joins, then resumes from the last
+    checkpoint on it. Runs last in this module: it replaces `cluster.second`."""
+    import ray
+
+    from gradprom.platform.distributed.runner import train_on_ray
+
+    clean = scale_runs("w2")
+    marker = scale_runs("root") / "paused-node"
+    cfg = stream_cfg(scale_runs("store"), scale_runs("out"), "node", 2, placement="STRICT_SPREAD", max_failures=1)
+    thread, box = _run_in_thread(train_on_ray, cfg, inject_failure={
+        "rank": 1, "epoch": 1, "step": 1, "marker": str(marker), "kind": "pause", "seconds": 600})
+    _wait_for(marker, thread)
+    time.sleep(5)  # the controller collects reports every 2 s: let it register epoch 0's checkpoint first
+    lost = cluster.raylet_pid(cluster.second)
+    lost_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("node_second"))
+    os.kill(lost, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while any(n["NodeID"] == lost_node and n["Alive"] for n in ray.nodes()):
+        assert time.monotonic() < deadline, "the GCS never marked the killed node dead"
+        time.sleep(0.5)
+    cluster.second = cluster.add_node("node_second", num_cpus=2)  # the replacement: same resources, new node
+    thread.join(600)
+    assert "error" not in box, box.get("error")
+    path = box["path"]
+    t = steps_of(path)
+    assert t.column("step").to_pylist() == list(range(1, 2 * EPOCHS + 1))  # none lost, none duplicated
+    assert t.column("gate_open").to_pylist() == steps_of(clean).column("gate_open").to_pylist()
+    a, b = RunDir(path).read_run(), RunDir(clean).read_run()
+    assert a["status"] == "finished"
+    for k in ("psnr", "ssim", "dice"):
+        assert a["test"][k] == pytest.approx(b["test"][k], abs=METRIC_ATOL)
+    assert enhancer_diff(path, clean) < METRIC_ATOL
+    nodes = {s["node_id"] for s in read_statuses(path).values()}
+    assert lost_node not in nodes and len(nodes) == 2  # the resumed workers ran on the head and the new node
+    assert all(s["start_epoch"] == 1 for s in read_statuses(path).values())  # from epoch 0's checkpoint
