@@ -211,6 +211,20 @@ def secagg_workflow(fed: Any) -> SecAggPlusWorkflow:
                               quantization_range=int(fed.secagg_quantization_range), timeout=fed.round_timeout_s)
 
 
+class TimedGrid:
+    """The grid with the round timeout as its default: Flower's legacy evaluate workflow (and its parameter
+    request) wait for replies without a timeout, so a lost site or a crashed runtime would hang the federation."""
+
+    def __init__(self, grid: Grid, timeout: float):
+        self._grid, self._timeout = grid, timeout
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        return self._grid.send_and_receive(messages, timeout=self._timeout if timeout is None else timeout)
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+
 def run_secure(grid: Grid, context: Context, strategy, fed: Any, num_rounds: int) -> None:
     """`num_rounds` rounds of Flower's DefaultWorkflow with SecAgg+ as its fit workflow."""
     secagg = secagg_workflow(fed)
@@ -221,7 +235,7 @@ def run_secure(grid: Grid, context: Context, strategy, fed: Any, num_rounds: int
 
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=num_rounds, round_timeout=fed.round_timeout_s),
                            strategy=strategy)
-    DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+    DefaultWorkflow(fit_workflow=fit)(TimedGrid(grid, fed.round_timeout_s), legacy)
 
 
 def round_config_fn(keys: list[str], base: Callable[[], dict[str, Any]]) -> Callable[[int], dict[str, Any]]:

@@ -1,8 +1,9 @@
 """The federation's ServerApp: Flower glue over the federation driver (driver.py).
 
-Each round: sites train (client_app.py), the wrapped Flower strategy aggregates (strategy.py), sites evaluate
-the new global model on their own splits, and the driver evaluates it on the server's held-out split and keeps
-the run directory. A stopped federation resumes from its last checkpointed round.
+Each round: sites train (client_app.py), the wrapped Flower strategy aggregates (strategy.py; under
+`secure_aggregation: secagg+` Flower's SecAgg+ workflow with the legacy twin of the strategy, secagg.py), sites
+evaluate the new global model on their own splits, and the driver evaluates it on the server's held-out split and
+keeps the run directory. A stopped federation resumes from its last checkpointed round.
 """
 
 from __future__ import annotations

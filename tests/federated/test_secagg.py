@@ -65,9 +65,9 @@ def _site_recorder(folder: Path):
             vector = [np.asarray(sent[key], np.float64) - np.asarray(start[key], np.float64) for key in start]
             vector += [sent[key] for key in GATE_KEYS if key in sent]
         folder.mkdir(parents=True, exist_ok=True)
+        rnd = int(conf["server-round"]) + int(conf.get("round-offset", 0))  # a resumed run counts on
         torch.save({"n": n, "start": {key: torch.as_tensor(np.array(v)) for key, v in start.items()},
-                    "vector": [torch.as_tensor(np.array(v)) for v in vector]},
-                   folder / f"round-{int(conf['server-round'])}-site-{k}.pt")
+                    "vector": [torch.as_tensor(np.array(v)) for v in vector]}, folder / f"round-{rnd}-site-{k}.pt")
         return reply
 
     return record
@@ -88,9 +88,10 @@ def _recording_client_app(raw: dict, folder: Path) -> ClientApp:
     return app
 
 
-def _federate(tmp: Path, name: str, **federated) -> dict:
-    """One real simulation with both hooks; returns the run, the sites' records and what the server saw."""
-    raw = tiny(tmp / "runs", name, hospitals=2, rounds=1, **federated)
+def _federate(tmp: Path, name: str, rounds: int = 1, resume: bool = False, **federated) -> dict:
+    """One real simulation with both hooks; returns the run, the sites' records of its last round and what the
+    server saw."""
+    raw = tiny(tmp / "runs", name, hospitals=2, rounds=rounds, **federated)
     records = tmp / f"{name}-site-records"
     gate_calls: list[dict] = []
     fit_calls: list[list[list[np.ndarray]]] = []
@@ -114,8 +115,8 @@ def _federate(tmp: Path, name: str, **federated) -> dict:
         mp.setattr(driver_module, "make_server_gate", spy_gate)
         mp.setattr(SecureRecording, "aggregate_fit", spy_fit)
         mp.setattr(client_app_module, "make_client_app", lambda raw_: _recording_client_app(raw_, records))
-        path = simulate(raw)
-    sites = [torch.load(records / f"round-1-site-{k}.pt", weights_only=True) for k in range(2)]
+        path = simulate(raw, tmp / "runs" / name, resume=resume)
+    sites = [torch.load(records / f"round-{rounds}-site-{k}.pt", weights_only=True) for k in range(2)]
     for s in sites:
         s["vector"] = [t.numpy().astype(np.float64) for t in s["vector"]]
         s["start"] = {key: t.numpy() for key, t in s["start"].items()}
@@ -125,13 +126,22 @@ def _federate(tmp: Path, name: str, **federated) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three 2-site, 1-round federations: SecAgg+ with local gating (default SecAgg+ settings), SecAgg+ with the
-    server gate (max weight 64: finer weights), and the server gate without SecAgg+ (the control)."""
+    """2-site, 1-round federations: SecAgg+ with local gating (default SecAgg+ settings), then resumed for a
+    second round; SecAgg+ with the server gate (max weight 64: finer weights); the server gate without SecAgg+
+    (the control)."""
     tmp = tmp_path_factory.mktemp("secagg")
-    return {"local": _federate(tmp, "secure-local", secure_aggregation="secagg+"),
+    local = _federate(tmp, "secure-local", secure_aggregation="secagg+")
+    local["global_1"] = load_checkpoint(local["run"].latest_checkpoint())
+    return {"local": local,
+            "resumed": _federate(tmp, "secure-local", rounds=2, resume=True, secure_aggregation="secagg+"),
             "server": _federate(tmp, "secure-server", secure_aggregation="secagg+", gate_level="server",
                                 secagg_max_weight=64.0),
             "plain-server": _federate(tmp, "plain-server", gate_level="server")}
+
+
+def _flat(checkpoint: dict) -> dict[str, np.ndarray]:
+    """A checkpoint's E and R as the federation's flat array dict."""
+    return {f"{part}.{key}": v.numpy() for part in ("enhancer", "recognizer") for key, v in checkpoint[part].items()}
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -174,9 +184,7 @@ def test_with_local_gating_the_secure_aggregate_is_fedavg_within_the_quantisatio
     start = sites[0]["start"]
     assert all(np.array_equal(sites[1]["start"][key], v) for key, v in start.items())  # one global model sent
     ns = [s["n"] for s in sites]
-    glob = load_checkpoint(run.latest_checkpoint())
-    got = {f"enhancer.{key}": v.numpy() for key, v in glob["enhancer"].items()}
-    got |= {f"recognizer.{key}": v.numpy() for key, v in glob["recognizer"].items()}
+    got = _flat(r["global_1"])
     assert list(got) == list(start) and len(sites[0]["vector"]) == len(start)  # updates only: no gate pair
     worst = 0.0
     for i, (key, s) in enumerate(start.items()):
@@ -196,6 +204,23 @@ def test_with_local_gating_the_secure_aggregate_is_fedavg_within_the_quantisatio
         round(n / fed.secagg_max_weight * fed.secagg_quantization_range) / fed.secagg_quantization_range
         for n in ns)
     assert quantum / 10 < worst <= 2 * quantum + 1e-6
+
+
+@pytest.mark.slow
+def test_a_secure_federation_resumes_from_its_checkpoint_in_the_same_run_directory(runs):
+    r = runs["resumed"]
+    run = r["run"]
+    info = run.read_run()
+    assert (info["status"], info["rounds"], info["secure_aggregation"]) == ("finished", 2, "secagg+")
+    rows = pq.read_table(run.path / "rounds.parquet").to_pylist()
+    assert [(x["round"], x["site"], x["status"]) for x in rows] == [
+        (n, s, "ok") for n in (1, 2) for s in (*SITES, "global")]
+    assert load_checkpoint(run.latest_checkpoint())["round"] == 2
+    # round 2 started from round 1's checkpointed global model, on both sites
+    global_1 = _flat(runs["local"]["global_1"])
+    for site in r["sites"]:
+        assert all(np.array_equal(site["start"][key], v) for key, v in global_1.items())
+    assert [x["epoch"] for x in run.read_epochs() if x["split"] == "val"] == [1, 2]
 
 
 @pytest.mark.slow
@@ -266,3 +291,13 @@ def test_a_site_refuses_a_vector_secagg_would_clip_overflow_or_scramble():
         check_maskable(ok, 101, fed, "hospital-0")
     with pytest.raises(ValueError, match="non-finite"):
         check_maskable([np.array([0.0, np.nan])], 50, fed, "hospital-0")
+
+
+def test_dashboard_summary_names_secure_aggregation():
+    from gradprom.dashboard.views.federation import privacy_text
+
+    info = {"dp": "none", "secure_aggregation": "secagg+", "secagg_clipping_range": 8.0,
+            "secagg_quantization_range": 4194304, "secagg_max_weight": 1000.0}
+    assert privacy_text(info) == ("SecAgg+ (the server sees only the sites' weighted mean; clipping range 8, "
+                                  "4194304 levels, max weight 1000), no DP")
+    assert privacy_text({"dp": "none", "secure_aggregation": "none"}) == "no DP"
