@@ -9,16 +9,16 @@ Side by side, in one run:
   bytes         the ArrayRecord bytes sent per round (global model to every site, its weights back, and the
                 client-side evaluation round) against the model's size, for `gate_level` local and server
                 (server gating also returns the two summed enhancer gradients)
-  privacy       the same federation with `federated.dp` none / server-fixed / client-fixed at `gate_level` local,
-                and none / server-fixed at `gate_level` server: warm round time, bytes per round (DP sends the
-                integer buffers as float32), and the server gate's open rate and cos per round with and without
-                noise (--dp-noise, --dp-clip)
-
-SecAgg+ is not built (Flower 1.42 has it only for the legacy strategies; see the README's privacy section).
+  privacy       the same federation with and without secure aggregation and DP, side by side:
+                `federated.secure_aggregation: secagg+` (Flower's SecAgg+) and `federated.dp` none / server-fixed /
+                client-fixed at `gate_level` local, and none / secagg+ / server-fixed at `gate_level` server:
+                warm round time, the bytes that really cross the wire per round (every message a site receives
+                and sends, counted at the site as Flower's message_size_mod counts them: the records' bytes),
+                the messages per round, and the server gate's open rate and cos per round (--dp-noise, --dp-clip)
 
 Usage: python benchmarks/federated_round.py [--hospitals 4] [--local-steps 8] [--image-size 64] [--rounds 3]
                                             [--dp-noise 0.1] [--dp-clip 1.0] [--skip-local]
-                                            [--variants local:none,server:server-fixed,...]
+                                            [--variants local:none,local:secagg+,server:server-fixed,...]
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import torch  # noqa: E402
 
 from gradprom.federated.config import build_federation  # noqa: E402
 from gradprom.federated.partition import load_dataset, load_site  # noqa: E402
-from gradprom.federated.privacy import as_float  # noqa: E402
 from gradprom.federated.simulation import simulate  # noqa: E402
 from gradprom.federated.strategy import to_record  # noqa: E402
 from gradprom.federated.task import get_arrays, new_models, train_site  # noqa: E402
@@ -58,8 +57,10 @@ def main() -> None:
     ap.add_argument("--dp-noise", type=float, default=0.1, help="federated.dp_noise_multiplier of the DP runs")
     ap.add_argument("--dp-clip", type=float, default=1.0, help="federated.dp_clipping_norm of the DP runs")
     ap.add_argument("--skip-local", action="store_true", help="only the privacy table (no one-process baseline)")
-    ap.add_argument("--variants", default="local:none,local:server-fixed,local:client-fixed,server:none,"
-                    "server:server-fixed", help="gate_level:dp pairs of the privacy table (the first is the baseline)")
+    ap.add_argument("--variants", default="local:none,local:secagg+,local:server-fixed,local:client-fixed,server:none,"
+                    "server:secagg+,server:server-fixed",
+                    help="gate_level:privacy pairs of the privacy table, privacy = secagg+ or a federated.dp mode "
+                         "(the first is the baseline)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -75,7 +76,7 @@ def main() -> None:
     pair = train_site(cfg, server, info, sites[0], start, 1)
     pair_bytes = record_bytes({"a": pair.sum_ge, "b": pair.sum_gr})
     if args.skip_local:
-        privacy_table(raw, args, start, pair_bytes)
+        privacy_table(raw, args)
         return
 
     # --- one process: the same local work, site after site --------------------------------------------------
@@ -116,7 +117,7 @@ def main() -> None:
           f"the model ({n} sites x (down + up + evaluate down))")
     print(f"  bytes per round, gate_level server   : {per_round_server / 1e6:7.3f} MB = "
           f"{per_round_server / model:.1f}x the model (+ sum_ge, sum_gr: {pair / 1e6:.3f} MB per site)")
-    privacy_table(raw, args, start, pair_bytes)
+    privacy_table(raw, args)
 
 
 def warm_round(rows: list[dict]) -> float:
@@ -126,32 +127,87 @@ def warm_round(rows: list[dict]) -> float:
     return min(warm) if warm else float("nan")
 
 
-def privacy_table(raw: dict, args, start: dict, pair_bytes: int) -> None:
-    """The federation with and without DP, local and server gating, side by side."""
-    n = raw["federated"]["hospitals"]
+def _byte_counter(path: Path):
+    """A site mod (outermost): the bytes of every message the site receives and sends, appended to `path` from
+    inside the ClientApp's Ray actor (one line per message pair)."""
+
+    def count(msg, context, call_next):
+        reply = call_next(msg, context)
+        down = sum(r.count_bytes() for r in msg.content.values())
+        up = sum(r.count_bytes() for r in reply.content.values()) if reply.has_content() else 0
+        with open(path, "a") as f:
+            f.write(f"{down} {up}\n")
+        return reply
+
+    return count
+
+
+def _counting_client_app(raw: dict, path: Path):
+    """The product's ClientApp (its handlers and train mods) inside the byte counter (benchmark only)."""
+    from flwr.clientapp import ClientApp
+
+    from gradprom.federated.client_app import handle_evaluate, handle_train, train_mods
+
+    app = ClientApp()
+
+    @app.train(mods=[_byte_counter(path), *train_mods(raw)])
+    def train(msg, context):
+        return handle_train(msg, context, raw)
+
+    @app.evaluate(mods=[_byte_counter(path)])
+    def evaluate(msg, context):
+        return handle_evaluate(msg, context, raw)
+
+    return app
+
+
+def counted_simulation(raw: dict, tmp: str, name: str) -> tuple[Path, int, int]:
+    """`simulate(raw)` with every site message counted; returns the run, bytes and messages over the run."""
+    import gradprom.federated.client_app as client_app_module
+
+    counts = Path(tmp) / f"{name}.bytes"
+    counts.touch()
+    make = client_app_module.make_client_app
+    client_app_module.make_client_app = lambda raw_: _counting_client_app(raw_, counts)  # what simulate() builds
+    try:
+        path = simulate({**raw, "run": {"out": tmp, "name": name}})
+    finally:
+        client_app_module.make_client_app = make
+    pairs = [tuple(map(int, line.split())) for line in counts.read_text().splitlines() if line.strip()]
+    return Path(path), sum(a + b for a, b in pairs), len(pairs)
+
+
+def privacy_table(raw: dict, args) -> None:
+    """The federation with and without SecAgg+ and DP, local and server gating, side by side."""
+    n, rounds = raw["federated"]["hospitals"], raw["federated"]["rounds"]
     variants = [tuple(v.split(":")) for v in args.variants.split(",")]
-    print(f"privacy: dp_noise_multiplier {args.dp_noise}, dp_clipping_norm {args.dp_clip}, {args.rounds} rounds "
-          f"(noise std on the mean update {args.dp_noise * args.dp_clip / n:.4g})")
-    print(f"  {'gate':6s} {'dp':12s} {'warm round s':>12s} {'MB/round':>9s} {'epsilon':>8s} "
-          f"{'test psnr':>9s}  server gate open / cos per round")
-    base_time = None
-    for gate, dp in variants:
-        fed = {**raw["federated"], "gate_level": gate, "dp": dp, "dp_noise_multiplier": args.dp_noise,
-               "dp_clipping_norm": args.dp_clip}
+    print(f"privacy: dp_noise_multiplier {args.dp_noise}, dp_clipping_norm {args.dp_clip}, {rounds} rounds "
+          f"(noise std on the mean update {args.dp_noise * args.dp_clip / n:.4g}); SecAgg+ with Flower's defaults "
+          f"(clipping range 8, 2**22 levels, max weight 1000)")
+    print(f"  {'gate':6s} {'privacy':12s} {'warm round s':>17s} {'MB/round':>16s} {'msgs/round':>10s} "
+          f"{'epsilon':>8s} {'test psnr':>9s}  server gate open / cos per round")
+    base_time = base_bytes = None
+    for gate, mode in variants:
+        fed = {**raw["federated"], "gate_level": gate}
+        if mode == "secagg+":
+            fed["secure_aggregation"] = "secagg+"
+        else:
+            fed.update(dp=mode, dp_noise_multiplier=args.dp_noise, dp_clipping_norm=args.dp_clip)
         with tempfile.TemporaryDirectory() as tmp:
-            path = simulate({**raw, "federated": fed, "run": {"out": tmp, "name": f"{gate}-{dp}"}})
-            rows = pq.read_table(Path(path) / "rounds.parquet").to_pylist()
-            info = json.loads((Path(path) / "run.json").read_text())
+            path, total, messages = counted_simulation({**raw, "federated": fed}, tmp, f"{gate}-{mode}")
+            rows = pq.read_table(path / "rounds.parquet").to_pylist()
+            info = json.loads((path / "run.json").read_text())
         t = warm_round(rows)
+        mb = total / rounds / 1e6
         base_time = t if base_time is None else base_time
-        model = record_bytes(as_float(start) if dp != "none" else start)
-        mb = (3 * n * model + (n * pair_bytes if gate == "server" else 0)) / 1e6
+        base_bytes = mb if base_bytes is None else base_bytes
         eps = info.get("dp_epsilon")
         glob = sorted((r for r in rows if r["site"] == "global"), key=lambda r: r["round"])
         per_round = " ".join(f"{r['server_gate_open']:.0f}/{r['server_cos']:+.3f}" for r in glob
                              if r["server_gate_open"] is not None) or "-"
-        print(f"  {gate:6s} {dp:12s} {t:9.2f} ({t / base_time:4.2f}x) {mb:9.3f} "
-              f"{'-' if eps is None else f'{eps:8.2f}':>8s} {info['test']['psnr']:9.2f}  {per_round}")
+        print(f"  {gate:6s} {mode:12s} {t:9.2f} ({t / base_time:4.2f}x) {mb:8.3f} ({mb / base_bytes:4.2f}x) "
+              f"{messages / rounds:10.1f} {'-' if eps is None else f'{eps:8.2f}':>8s} {info['test']['psnr']:9.2f}  "
+              f"{per_round}")
 
 
 if __name__ == "__main__":

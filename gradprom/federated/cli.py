@@ -22,7 +22,7 @@ FLAGS: FlagTable = {
     "degradation": ("data.degradation", "every site's scanner/dose, unless --set federated.noise_min/noise_max "
                     "keep the ramp"),
     "dp": "federated.dp", "dp_clipping_norm": "federated.dp_clipping_norm",
-    "dp_noise_multiplier": "federated.dp_noise_multiplier",
+    "dp_noise_multiplier": "federated.dp_noise_multiplier", "secure_aggregation": "federated.secure_aggregation",
     "seed": "seed", "out": "run.out", "name": ("run.name", "null: federated-<strategy>-<task>-<time>"),
 }
 METAVARS = {"data": "SOURCE", "out": "DIR", "name": "NAME", "strategy": "NAME"}

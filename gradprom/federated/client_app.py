@@ -23,6 +23,7 @@ from .config import build_federation, from_run_config
 from .faults import fault_mod
 from .partition import info_from_config, load_site, site_name
 from .privacy import DP_WEIGHT, as_float
+from .secagg_site import LEGACY_EVALUATE, evaluate_reply, fit_reply, is_legacy, legacy_inputs, masked_vector, secure_mod
 from .strategy import SITE_RECORD, from_record, to_record
 from .task import GATE_KEYS, evaluate_arrays, site_datasets, train_site
 
@@ -53,19 +54,26 @@ def _site_error(k: int, e: Exception) -> RuntimeError:
 
 
 def handle_train(msg: Message, context: Context, raw: dict[str, Any]) -> Message:
-    """Train locally from the global weights; reply with the new weights and the site's metrics."""
+    """Train locally from the global weights; reply with the new weights and the site's metrics (under SecAgg+:
+    with the update, in Flower's legacy layout, for its mod to mask)."""
     torch.set_num_threads(1)
     k, data_path = _site(context)
+    legacy = is_legacy(msg.content)
     try:
         cfg, fed = build_federation(raw, source="federation config")
-        conf = msg.content["config"]
+        if legacy:
+            start, conf = legacy_inputs(msg.content)
+        else:
+            start, conf = from_record(msg.content["arrays"]), msg.content["config"]
         rnd = int(conf["server-round"]) + int(conf.get("round-offset", 0))
         info = info_from_config(conf)  # the model's shape comes from the server: a site needs only its own data
         site = load_site(cfg, fed, k, data_path, expect=info)
-        res = train_site(cfg, fed, info, site, from_record(msg.content["arrays"]), rnd,
-                         proximal_mu=float(conf.get("proximal-mu", 0.0)))
+        mu = conf.get("proximal-mu", conf.get("proximal_mu", 0.0))  # Message-API / legacy FedProx key
+        res = train_site(cfg, fed, info, site, start, rnd, proximal_mu=float(mu))
     except Exception as e:
         raise _site_error(k, e) from None
+    if legacy:
+        return fit_reply(msg, masked_vector(start, res, fed), len(site.train), {**res.metrics, "site": k})
     arrays = res.arrays
     if fed.dp != "none":  # Flower's DP wrappers assume a plain mean: every site weighs 1
         res.metrics[DP_WEIGHT] = 1.0
@@ -80,14 +88,21 @@ def handle_evaluate(msg: Message, context: Context, raw: dict[str, Any]) -> Mess
     """Evaluate the global weights on the site's own validation split."""
     torch.set_num_threads(1)
     k, data_path = _site(context)
+    legacy = is_legacy(msg.content, LEGACY_EVALUATE)
     try:
         cfg, fed = build_federation(raw, source="federation config")
-        info = info_from_config(msg.content["config"])
+        if legacy:
+            arrays, conf = legacy_inputs(msg.content, evaluate=True)
+        else:
+            arrays, conf = from_record(msg.content["arrays"]), msg.content["config"]
+        info = info_from_config(conf)
         site = load_site(cfg, fed, k, data_path, expect=info)
         _, val_ds = site_datasets(cfg, site, k)
-        metrics = evaluate_arrays(cfg, info, from_record(msg.content["arrays"]), val_ds)
+        metrics = evaluate_arrays(cfg, info, arrays, val_ds)
     except Exception as e:
         raise _site_error(k, e) from None
+    if legacy:
+        return evaluate_reply(msg, metrics.get("loss_e", 0.0), len(site.val), {**metrics, "site": k})
     reply = {"num-examples": len(site.val), **metrics}
     if fed.dp != "none":  # the strategy weighs evaluation replies by the same key
         reply[DP_WEIGHT] = 1.0
@@ -104,14 +119,23 @@ def clip_when_asked_mod(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
+def train_mods(raw: dict[str, Any] | None = None) -> list:
+    """The train handler's mods, outermost first: SecAgg+ (masks what leaves the site), DP's clipping, faults."""
+    fed_raw = (raw or {}).get("federated") or {}
+    mods = []
+    if raw is None or fed_raw.get("secure_aggregation", "none") != "none":
+        mods.append(secure_mod(lambda context: _config(raw, context)))
+    if raw is None or fed_raw.get("dp") == "client-fixed":  # clips the update the site sends, after any fault
+        mods.append(clip_when_asked_mod)
+    if raw is None or bool(fed_raw.get("faults")):
+        mods.append(fault_mod(lambda context: _config(raw, context)))
+    return mods
+
+
 def make_client_app(raw: dict[str, Any] | None = None) -> ClientApp:
     """A ClientApp with the federation's config fixed (simulation) or read from the run config (None)."""
     client = ClientApp()
-    fed_raw = (raw or {}).get("federated") or {}
-    has_faults = raw is None or bool(fed_raw.get("faults"))
-    mods = [fault_mod(lambda context: _config(raw, context))] if has_faults else []
-    if raw is None or fed_raw.get("dp") == "client-fixed":  # clips the update the site sends, after any fault
-        mods.insert(0, clip_when_asked_mod)
+    mods = train_mods(raw)
 
     @client.train(mods=mods)
     def train(msg: Message, context: Context) -> Message:

@@ -86,6 +86,21 @@ class FedConfig(BaseModel):
                                    "norm / sampled sites", ge=0.0)
     dp_delta: float = F(1e-5, "dp: the delta at which epsilon is reported (fixed clipping with fedavg/fedprox, "
                         "Flower's RDP accountant)", gt=0.0, lt=1.0)
+    # --- secure aggregation (Flower's SecAgg+, secagg.py) ------------------------------------------------
+    secure_aggregation: Literal["none", "secagg+"] = F(
+        "none", "secagg+: Flower's SecAgg+ protocol; each site masks its update (and, with gate_level server, its "
+        "g_e/g_r sums), so the server learns only their sample-weighted mean, never one site's vector. Metrics "
+        "(num_examples, losses, PSNR) still travel in the clear. Needs 2 or more sampled sites; not with dp")
+    secagg_clipping_range: float = F(8.0, "secagg+: each entry a site masks (its update times n_k/max_weight) "
+                                     "must lie in [-c, c]; a site refuses to send one outside it", gt=0.0)
+    secagg_quantization_range: int = F(2**22, "secagg+: quantisation levels Q over [-c, c]; an entry of the mean "
+                                       "is off by at most (sites x 2c/Q + weight rounding) / sum_k(n_k/max_weight)",
+                                       ge=2)
+    secagg_max_weight: float = F(1000.0, "secagg+: the largest num_examples a site may have (its weight is "
+                                 "quantised as n_k/max_weight; close to the largest site's size = finer mean)", gt=0.0)
+    secagg_reconstruction_threshold: float = F(0.5, "secagg+: share of a site's key holders needed to rebuild "
+                                               "its masks if it drops out (at least 2); higher = harder to collude, "
+                                               "less tolerant of dropouts", gt=0.0, le=1.0)
     # --- runtime -----------------------------------------------------------------------------------------
     cpus_per_client: float = F(1.0, "simulation: Ray CPUs per ClientApp", gt=0.0)
     num_cpus: int | None = F(None, "simulation: CPUs of the private Ray instance (null = one per site, up to all)",
@@ -112,9 +127,31 @@ class FedConfig(BaseModel):
             raise ValueError("`federated.dp: client-fixed` clips the reply's weights in Flower's fixedclipping_mod, "
                              "which refuses extra arrays; the server gate's (sum_ge, sum_gr) travel beside them. Use "
                              "`dp: server-fixed` or `adaptive` with `gate_level: server`")
+        if self.secure_aggregation != "none":
+            self._check_secure()
         if self.min_nodes is not None and self.min_nodes > self.hospitals:
             raise ValueError(f"`federated.min_nodes` ({self.min_nodes}) exceeds `hospitals` ({self.hospitals})")
         return self
+
+    def _check_secure(self) -> None:
+        name = f"`federated.secure_aggregation: {self.secure_aggregation}`"
+        if self.dp != "none":
+            raise ValueError(f"{name} and `federated.dp: {self.dp}` cannot be combined: server-fixed and adaptive "
+                             f"clip each site's update at the server, which SecAgg+ hides from it; client-fixed "
+                             f"would need Flower's legacy DP wrapper and clipping mod inside SecAgg+ (Flower 1.42 "
+                             f"runs SecAgg+ on its legacy strategies only), which GradProm does not build. Set one "
+                             f"of the two to none")
+        sampled = max(int(self.hospitals * self.fraction_train), self.min_connected)  # Flower's sampling rule
+        if self.hospitals < 2 or sampled < 2:
+            raise ValueError(f"{name} needs at least 2 sampled sites (SecAgg+ sums over sites); got hospitals "
+                             f"{self.hospitals}, fraction_train {self.fraction_train}, min_nodes {self.min_nodes}")
+        if self.record_updates:
+            raise ValueError(f"{name} with `federated.record_updates: true`: under SecAgg+ the server never holds "
+                             f"a site's reply, so there is nothing per site to keep")
+        if self.hospitals * self.secagg_quantization_range >= 2**32:
+            raise ValueError(f"`federated.secagg_quantization_range` ({self.secagg_quantization_range}) x "
+                             f"`hospitals` ({self.hospitals}) must stay below 2**32, SecAgg+'s modulus: the masked "
+                             f"sum would overflow")
 
     @property
     def min_connected(self) -> int:
@@ -166,7 +203,8 @@ def from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
 
     Keys: `config` (a YAML file, "" = defaults), `set` ("field=value; field=value", any dotted field, e.g.
     "federated.rounds=2; data.num_train=64"), and the shortcuts `out`, `name`, `rounds`, `local-steps`,
-    `strategy`, `gate-level`, `hospitals` (0 = take `num-partitions` from the SuperNodes' node config).
+    `strategy`, `gate-level`, `secure-aggregation`, `hospitals` (0 = take `num-partitions` from the SuperNodes'
+    node config).
     """
     from gradprom.platform.config import dotted_override, load_config_file, merge, parse_set_option
 
@@ -178,7 +216,8 @@ def from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
             raw = merge(raw, parse_set_option(part.strip()))
     shortcuts = {"out": "run.out", "name": "run.name", "rounds": "federated.rounds",
                  "local-steps": "federated.local_steps", "strategy": "federated.strategy",
-                 "gate-level": "federated.gate_level", "hospitals": "federated.hospitals"}
+                 "gate-level": "federated.gate_level", "hospitals": "federated.hospitals",
+                 "secure-aggregation": "federated.secure_aggregation"}
     for key, field in shortcuts.items():
         v = run_config.get(key)
         if v not in (None, "", 0):

@@ -33,11 +33,12 @@ from gradprom.platform.rundir import RunDir, versions, write_parquet
 
 from .config import build_federation, federation_dict, save_federation
 from .figures import save_rounds
-from .partition import describe_sites, load_dataset
+from .partition import describe_sites, info_to_config, load_dataset
 from .privacy import privacy_header, privacy_spent
 from .records import RoundsRecorder
+from .secagg import build_secure_strategy, round_config_fn, secagg_header
 from .server_gate import make_server_gate
-from .strategy import build_strategy, from_record
+from .strategy import build_strategy, from_record, to_record
 from .task import evaluate_arrays, get_arrays, new_models, set_arrays
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,23 @@ class FederationRun:
             self.done, rows, elapsed = self._restore()
         self.recorder = RoundsRecorder(self.run, cfg.task, rows, elapsed)
         self.gate_info: dict[int, tuple[float, float]] = {}
-        self.strategy = build_strategy(
-            fed.strategy, self.recorder, min_nodes=fed.min_connected, min_answers=fed.min_answers,
-            fraction_train=fed.fraction_train, evaluate_sites=fed.evaluate_sites, round_offset=self.done,
-            server_gate=make_server_gate(cfg, self.models, self.gate_info) if fed.gate_level == "server" else None,
-            updates_dir=self.run.path / "updates" if fed.record_updates else None, proximal_mu=fed.proximal_mu,
-            eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau, dp=fed.dp,
-            dp_clipping_norm=fed.dp_clipping_norm, dp_noise_multiplier=fed.dp_noise_multiplier,
-            dp_delta=fed.dp_delta, hospitals=fed.hospitals)
+        gate = make_server_gate(cfg, self.models, self.gate_info) if fed.gate_level == "server" else None
+        common = dict(min_nodes=fed.min_connected, min_answers=fed.min_answers, fraction_train=fed.fraction_train,
+                      evaluate_sites=fed.evaluate_sites, round_offset=self.done, server_gate=gate,
+                      proximal_mu=fed.proximal_mu, eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau)
+        if fed.secure_aggregation == "secagg+":  # Flower's SecAgg+ runs on its legacy strategies (secagg.py)
+            initial = self.initial_arrays()
+            keys = list(initial)
+            self.strategy = build_secure_strategy(
+                fed.strategy, self.recorder, keys=keys, initial=initial,
+                round_config=round_config_fn(keys, self.round_config), evaluate_fn=self._evaluate_legacy,
+                with_pair=fed.gate_level == "server", **common)
+        else:
+            self.strategy = build_strategy(
+                fed.strategy, self.recorder, **common,
+                updates_dir=self.run.path / "updates" if fed.record_updates else None, dp=fed.dp,
+                dp_clipping_norm=fed.dp_clipping_norm, dp_noise_multiplier=fed.dp_noise_multiplier,
+                dp_delta=fed.dp_delta, hospitals=fed.hospitals)
 
     def _restore(self) -> tuple[int, list[dict], float]:
         """The global model and tables of the last checkpointed round."""
@@ -125,6 +135,17 @@ class FederationRun:
         """The global model the next round starts from."""
         return get_arrays(self.models)
 
+    def round_config(self) -> dict[str, Any]:
+        """Per-round values that travel in the message: a resumed run's round offset, the model's shape."""
+        return {"round-offset": self.done, **info_to_config(self.info)}
+
+    def _evaluate_legacy(self, server_round: int, arrays: list, config: dict) -> tuple[float, dict] | None:
+        """`evaluate` for Flower's legacy strategies (unnamed arrays in the global model's order)."""
+        metrics = self.evaluate(server_round, to_record(dict(zip(self.initial_arrays(), arrays, strict=True))))
+        if metrics is None:
+            return None
+        return float(metrics.get("loss_e", 0.0)), dict(metrics)
+
     def running(self) -> AbstractContextManager[None]:
         """The run header (sites table, run.json "running", config.yaml) and its terminal status."""
         cfg, fed, run = self.cfg, self.fed, self.run
@@ -139,7 +160,7 @@ class FederationRun:
         header = dict(seed=cfg.seed, task=cfg.task, strategy=cfg.gradprom.strategy, tau=cfg.gradprom.tau,
                       **cfg.gate_variant, data=cfg.data.source, hospitals=fed.hospitals, rounds=fed.rounds,
                       fl_strategy=fed.strategy, gate_level=fed.gate_level, local_steps=fed.local_steps,
-                      **privacy_header(fed),
+                      **privacy_header(fed), **secagg_header(fed),
                       versions=versions())
         return self.life.running("federated", header,
                                  save=lambda path: save_federation(saved_config(cfg), fed, path))

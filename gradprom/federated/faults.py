@@ -18,6 +18,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from .config import build_federation
 from .partition import site_name
+from .secagg_site import LEGACY_FIT_REPLY, is_legacy, replace_vector, reply_vector
 from .strategy import from_record, to_record
 
 
@@ -27,7 +28,8 @@ def fault_mod(config_of: Callable[[Context], dict[str, Any]]) -> Mod:
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         _, fed = build_federation(config_of(context), source="federation config")
         k = int(context.node_config["partition-id"])
-        conf = msg.content["config"]
+        records = msg.content.config_records
+        conf = records["config"] if "config" in records else records["fitins.config"]  # Message API / SecAgg+
         rnd = int(conf["server-round"]) + int(conf.get("round-offset", 0))
         kind = next((f.kind for f in fed.faults if f.site == k and f.round == rnd), None)
         if kind == "crash":
@@ -35,7 +37,9 @@ def fault_mod(config_of: Callable[[Context], dict[str, Any]]) -> Mod:
         if kind == "hang":
             time.sleep(fed.round_timeout_s + 5)
         reply = call_next(msg, context)
-        if kind == "nan" and reply.has_content():
+        if kind == "nan" and reply.has_content() and is_legacy(reply.content, LEGACY_FIT_REPLY):
+            replace_vector(reply, [v * float("nan") for v in reply_vector(reply)])
+        elif kind == "nan" and reply.has_content():
             arrays = from_record(reply.content["arrays"])
             reply.content["arrays"] = to_record({n: a * float("nan") if a.dtype.kind == "f" else a
                                                  for n, a in arrays.items()})

@@ -1,8 +1,9 @@
 """The federation's ServerApp: Flower glue over the federation driver (driver.py).
 
-Each round: sites train (client_app.py), the wrapped Flower strategy aggregates (strategy.py), sites evaluate
-the new global model on their own splits, and the driver evaluates it on the server's held-out split and keeps
-the run directory. A stopped federation resumes from its last checkpointed round.
+Each round: sites train (client_app.py), the wrapped Flower strategy aggregates (strategy.py; under
+`secure_aggregation: secagg+` Flower's SecAgg+ workflow with the legacy twin of the strategy, secagg.py), sites
+evaluate the new global model on their own splits, and the driver evaluates it on the server's held-out split and
+keeps the run directory. A stopped federation resumes from its last checkpointed round.
 """
 
 from __future__ import annotations
@@ -15,23 +16,25 @@ from flwr.serverapp import Grid, ServerApp
 
 from .config import from_run_config
 from .driver import FederationRun, preflight, run_path_for
-from .partition import info_to_config
+from .secagg import run_secure
 from .strategy import to_record
 
 __all__ = ["app", "make_server_app", "preflight", "run_path_for", "run_server"]
 
 
-def run_server(grid: Grid, raw: dict[str, Any], run_path: str | Path | None = None, resume: bool = False) -> Path:
-    """Run (or resume) the federation described by `raw` on `grid`; returns the run directory."""
+def run_server(grid: Grid, context: Context, raw: dict[str, Any], run_path: str | Path | None = None,
+               resume: bool = False) -> Path:
+    """Run (or resume) the federation described by `raw` on `grid` (the ServerApp's context); returns the run
+    directory."""
     fr = FederationRun(raw, run_path, resume)
-    # per-round values travel in the message: the round offset of a resumed run, the model's shape
-    def round_config() -> ConfigRecord:
-        return ConfigRecord({"round-offset": fr.done, **info_to_config(fr.info)})
-
+    rounds = fr.fed.rounds - fr.done
     with fr.running():
-        fr.strategy.start(grid=grid, initial_arrays=to_record(fr.initial_arrays()), num_rounds=fr.fed.rounds - fr.done,
-                          timeout=fr.fed.round_timeout_s, train_config=round_config(),
-                          evaluate_config=round_config(), evaluate_fn=fr.evaluate)
+        if fr.fed.secure_aggregation == "secagg+":  # Flower's DefaultWorkflow + SecAgg+ (legacy path, secagg.py)
+            run_secure(grid, context, fr.strategy, fr.fed, rounds)
+        else:
+            fr.strategy.start(grid=grid, initial_arrays=to_record(fr.initial_arrays()), num_rounds=rounds,
+                              timeout=fr.fed.round_timeout_s, train_config=ConfigRecord(fr.round_config()),
+                              evaluate_config=ConfigRecord(fr.round_config()), evaluate_fn=fr.evaluate)
         fr.finish()
     return fr.run.path
 
@@ -44,7 +47,7 @@ def make_server_app(raw: dict[str, Any] | None = None, run_path: str | Path | No
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         conf = raw if raw is not None else from_run_config(dict(context.run_config))
-        run_server(grid, conf, run_path, resume)
+        run_server(grid, context, conf, run_path, resume)
 
     return server
 

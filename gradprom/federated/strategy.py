@@ -52,6 +52,12 @@ def reason_text(reason: str | None) -> str:
     return " ".join(text.split())[:2000]
 
 
+def site_in_reason(text: str) -> str | None:
+    """The site an error reason names (a site's own errors start with "hospital-<k>:"), or None."""
+    found = _SITE_IN_REASON.search(text or "")
+    return site_name(int(found.group(1))) if found else None
+
+
 class FederationStopped(KeyboardInterrupt):
     """The user asked the federation to stop; it stops between rounds, after the last checkpoint."""
 
@@ -80,9 +86,9 @@ class RecordingMixin:
         if not msg.has_error() and SITE_RECORD in msg.content.config_records:
             self.node_sites[node] = site_name(int(msg.content.config_records[SITE_RECORD]["site"]))
         elif node not in self.node_sites:
-            found = _SITE_IN_REASON.search(msg.error.reason or "")
-            if found:
-                return site_name(int(found.group(1)))
+            named = site_in_reason(msg.error.reason or "")
+            if named:
+                return named
         return self.node_sites.get(node, f"node-{node}")
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -1,6 +1,7 @@
-"""A real deployment on 127.0.0.1 with TLS: the test makes certificates with scripts/make-fl-certs.sh, starts
-`flower-superlink` and two `flower-supernode` processes (each pointed at its own hospital's .npz), runs the app
-with `flwr run .` (FedAdam, one round), checks the run directory, and stops exactly the processes it started."""
+"""A real deployment on 127.0.0.1 with TLS: the fixture makes certificates with scripts/make-fl-certs.sh, starts
+`flower-superlink` and two `flower-supernode` processes (each pointed at its own hospital's .npz) once, the tests
+run the app on them with `flwr run .` (FedAdam, one round; then the same with SecAgg+ and the server gate), check
+the run directories, and the fixture stops exactly the processes it started."""
 
 from __future__ import annotations
 
@@ -61,7 +62,11 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=10)
 
 
-def test_superlink_and_two_supernodes_run_the_app_over_tls(tmp_path):
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """Certificates, each hospital's own data file, one TLS SuperLink and two SuperNodes on 127.0.0.1, shared by
+    the runs below (each a `flwr run` of its own); every process this fixture started is stopped at the end."""
+    tmp_path = tmp_path_factory.mktemp("deployment")
     # --- certificates and each hospital's own data file --------------------------------------------------
     certs = tmp_path / "certs"
     subprocess.run(["bash", str(REPO / "scripts" / "make-fl-certs.sh"), str(certs)], check=True, timeout=120,
@@ -99,28 +104,52 @@ def test_superlink_and_two_supernodes_run_the_app_over_tls(tmp_path):
                 str(certs / "ca.crt"), "--host", "127.0.0.1", "--port", str(port), "--node-config",
                 f'partition-id={i} num-partitions=2 data-path="{files[i]}"'])
             _wait_port(port, node)
-
-        # --- the app, submitted with `flwr run .` -----------------------------------------------------------
-        out = tmp_path / "runs"
-        run_config = (f"out='{out}' name='deployed' rounds=1 local-steps=2 strategy='fedadam' hospitals=2 "
-                      f"set='{SETS}'")
-        flwr = subprocess.run([str(BIN / "flwr"), "run", ".", "test", "--stream", "--run-config", run_config],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-        run = RunDir(out / "deployed")
-        assert run.exists(), flwr.stdout[-3000:] + flwr.stderr[-3000:]
-        deadline = time.monotonic() + 120  # the ServerApp process may still be writing when the stream ends
-        while run.read_run().get("status") == "running" and time.monotonic() < deadline:
-            time.sleep(1)
-        info = run.read_run()
-        assert info["status"] == "finished", (info, flwr.stdout[-3000:])
-        assert (info["kind"], info["fl_strategy"], info["hospitals"]) == ("federated", "fedadam", 2)
-        rows = pq.read_table(run.path / "rounds.parquet").to_pylist()
-        assert [(r["round"], r["site"], r["status"]) for r in rows] == [
-            (1, "hospital-0", "ok"), (1, "hospital-1", "ok"), (1, "global", "ok")]
-        # each SuperNode trained on its own file (the .npz it was pointed at), not on a server-side partition
-        assert [r["num_examples"] for r in rows[:2]] == n_train
-        assert rows[2]["num_examples"] == sum(n_train) and rows[2]["psnr"] > 0
-        assert run.latest_checkpoint().is_file()
+        yield {"tmp": tmp_path, "env": env, "n_train": n_train}
     finally:
         _stop(procs)
     assert all(p.poll() is not None for p in procs)
+
+
+def _flwr_run(dep: dict, name: str, run_config: str) -> tuple[RunDir, str]:
+    """Submit the app with `flwr run .` to the fixture's SuperLink; wait until its run directory is final; returns
+    it and the streamed output."""
+    out = dep["tmp"] / "runs"
+    flwr = subprocess.run([str(BIN / "flwr"), "run", ".", "test", "--stream", "--run-config",
+                           f"out='{out}' name='{name}' hospitals=2 set='{SETS}' {run_config}"],
+                          cwd=REPO, env=dep["env"], capture_output=True, text=True, timeout=420)
+    run = RunDir(out / name)
+    assert run.exists(), flwr.stdout[-3000:] + flwr.stderr[-3000:]
+    deadline = time.monotonic() + 120  # the ServerApp process may still be writing when the stream ends
+    while run.read_run().get("status") == "running" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert run.read_run()["status"] == "finished", (run.read_run(), flwr.stdout[-3000:])
+    return run, flwr.stdout + flwr.stderr
+
+
+def test_superlink_and_two_supernodes_run_the_app_over_tls(deployment):
+    run, _ = _flwr_run(deployment, "deployed", "rounds=1 local-steps=2 strategy='fedadam'")
+    info = run.read_run()
+    assert (info["kind"], info["fl_strategy"], info["hospitals"]) == ("federated", "fedadam", 2)
+    rows = pq.read_table(run.path / "rounds.parquet").to_pylist()
+    assert [(r["round"], r["site"], r["status"]) for r in rows] == [
+        (1, "hospital-0", "ok"), (1, "hospital-1", "ok"), (1, "global", "ok")]
+    # each SuperNode trained on its own file (the .npz it was pointed at), not on a server-side partition
+    n_train = deployment["n_train"]
+    assert [r["num_examples"] for r in rows[:2]] == n_train
+    assert rows[2]["num_examples"] == sum(n_train) and rows[2]["psnr"] > 0
+    assert run.latest_checkpoint().is_file()
+
+
+def test_the_same_deployment_runs_secagg_plus_with_the_server_gate(deployment):
+    # Flower's SecAgg+ over the same TLS SuperLink and SuperNodes: four protocol messages per site and round
+    run, _ = _flwr_run(deployment, "deployed-secagg", "rounds=1 local-steps=2 strategy='fedadam' gate-level='server' "
+                                                   "secure-aggregation='secagg+'")
+    info = run.read_run()
+    assert (info["secure_aggregation"], info["gate_level"], info["fl_strategy"]) == ("secagg+", "server", "fedadam")
+    rows = pq.read_table(run.path / "rounds.parquet").to_pylist()
+    assert [(r["site"], r["status"]) for r in rows] == [("hospital-0", "ok"), ("hospital-1", "ok"), ("global", "ok")]
+    assert [r["num_examples"] for r in rows[:2]] == deployment["n_train"]  # metrics arrive in the clear
+    assert rows[2]["server_gate_open"] in (0.0, 1.0) and -1.0 <= rows[2]["server_cos"] <= 1.0
+    assert rows[2]["psnr"] > 0 and run.latest_checkpoint().is_file()
+    log = (run.path / "log.txt").read_text()  # the ServerApp's log: Flower's SecAgg+ workflow ran its stages
+    assert log.count("Secure aggregation commencing") == 1 and log.count("Secure aggregation completed") == 1

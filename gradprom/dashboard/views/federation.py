@@ -128,7 +128,11 @@ def global_figure(rows: list[dict[str, Any]], metrics: list[str]) -> go.Figure:
 
 
 def privacy_text(info: dict[str, Any]) -> str:
-    """The federation's differential-privacy parameters from run.json, in one phrase."""
+    """The federation's privacy settings from run.json (SecAgg+ or DP parameters), in one phrase."""
+    if info.get("secure_aggregation") == "secagg+":
+        return (f"SecAgg+ (the server sees only the sites' weighted mean; clipping range "
+                f"{info.get('secagg_clipping_range'):g}, {info.get('secagg_quantization_range')} levels, max weight "
+                f"{info.get('secagg_max_weight'):g}), no DP")
     dp = info.get("dp")
     if not dp or dp == "none":
         return "no DP"

@@ -1,0 +1,303 @@
+"""Secure aggregation (`federated.secure_aggregation: secagg+`) with Flower's real SecAgg+ workflow and mod, in a
+real Flower simulation (in-process ServerApp, ClientApps in Ray actors).
+
+Two hooks belong to this test, not to the product: each site's own record of the vector it handed to the masking
+(a train mod innermost in the site's own mod chain, written from inside the Ray actor), and a spy on what reaches
+the server gate and the strategy's aggregate_fit on the server (wrappers that record, then call the real code).
+
+Quantisation tolerance, per entry (secagg.py explains where it comes from): with N sites, site weights n_k,
+clipping range c, Q levels and max weight W, Flower's mod weighs site k by dq_k = round(n_k Q / W) / Q and rounds
+stochastically to steps of 2c/Q, the server divides the unmasked sum by Σ dq_k, so
+
+    |secure mean − Σ n_k v_k / Σ n_k| ≤ (N · 2c/Q + Σ_k |dq_k − n_k/W| · |v_k − v̄|) / Σ_k dq_k
+
+and the global model, stored as float32, adds at most 2^-23 of its own size.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from flwr.clientapp import ClientApp
+from flwr.common import parameters_to_ndarrays
+
+from gradprom.federated import client_app as client_app_module
+from gradprom.federated import driver as driver_module
+from gradprom.federated import server_gate as server_gate_module
+from gradprom.federated.client_app import handle_evaluate, handle_train, train_mods
+from gradprom.federated.config import build_federation
+from gradprom.federated.secagg import SecureRecording
+from gradprom.federated.secagg_site import check_maskable, is_legacy, legacy_inputs, reply_vector
+from gradprom.federated.simulation import simulate
+from gradprom.federated.strategy import from_record
+from gradprom.federated.task import GATE_KEYS
+from gradprom.platform.checkpoint import load_checkpoint
+from gradprom.platform.errors import ConfigError
+from gradprom.platform.rundir import RunDir
+
+from ._fed import tiny
+
+SITES = ("hospital-0", "hospital-1")
+
+
+# -------------------------------------------------------------------------------------------------------
+# the test's hooks
+def _site_recorder(folder: Path):
+    """A train mod (innermost, at the site): the site's own record of the vector it hands to SecAgg+ (or, without
+    SecAgg+, of its plain reply), written from inside the ClientApp's Ray actor."""
+
+    def record(msg, context, call_next):
+        reply = call_next(msg, context)
+        k = int(context.node_config["partition-id"])
+        if is_legacy(msg.content):
+            start, conf = legacy_inputs(msg.content)
+            n = int(reply.content.metric_records["fitres.num_examples"]["num_examples"])
+            vector = reply_vector(reply)
+        else:
+            start, conf = from_record(msg.content["arrays"]), msg.content["config"]
+            sent = from_record(reply.content["arrays"])
+            n = int(next(iter(reply.content.metric_records.values()))["num-examples"])
+            vector = [np.asarray(sent[key], np.float64) - np.asarray(start[key], np.float64) for key in start]
+            vector += [sent[key] for key in GATE_KEYS if key in sent]
+        folder.mkdir(parents=True, exist_ok=True)
+        rnd = int(conf["server-round"]) + int(conf.get("round-offset", 0))  # a resumed run counts on
+        torch.save({"n": n, "start": {key: torch.as_tensor(np.array(v)) for key, v in start.items()},
+                    "vector": [torch.as_tensor(np.array(v)) for v in vector]}, folder / f"round-{rnd}-site-{k}.pt")
+        return reply
+
+    return record
+
+
+def _recording_client_app(raw: dict, folder: Path) -> ClientApp:
+    """The product's ClientApp (its handlers and its train mods, in its order) with the site recorder innermost."""
+    app = ClientApp()
+
+    @app.train(mods=[*train_mods(raw), _site_recorder(folder)])
+    def train(msg, context):
+        return handle_train(msg, context, raw)
+
+    @app.evaluate()
+    def evaluate(msg, context):
+        return handle_evaluate(msg, context, raw)
+
+    return app
+
+
+def _federate(tmp: Path, name: str, rounds: int = 1, resume: bool = False, **federated) -> dict:
+    """One real simulation with both hooks; returns the run, the sites' records of its last round and what the
+    server saw."""
+    raw = tiny(tmp / "runs", name, hospitals=2, rounds=rounds, **federated)
+    records = tmp / f"{name}-site-records"
+    gate_calls: list[dict] = []
+    fit_calls: list[list[list[np.ndarray]]] = []
+    real_aggregate_fit = SecureRecording.aggregate_fit
+
+    def spy_gate(cfg, models, gate_log):
+        real = server_gate_module.make_server_gate(cfg, models, gate_log)
+
+        def hook(rnd, start, agg, pairs, weights):
+            gate_calls.append({"round": rnd, "pairs": [(np.array(a), np.array(b)) for a, b in pairs],
+                               "weights": list(weights)})
+            return real(rnd, start, agg, pairs, weights)
+
+        return hook
+
+    def spy_fit(self, server_round, results, failures):
+        fit_calls.append([parameters_to_ndarrays(res.parameters) for _, res in results])
+        return real_aggregate_fit(self, server_round, results, failures)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(driver_module, "make_server_gate", spy_gate)
+        mp.setattr(SecureRecording, "aggregate_fit", spy_fit)
+        mp.setattr(client_app_module, "make_client_app", lambda raw_: _recording_client_app(raw_, records))
+        path = simulate(raw, tmp / "runs" / name, resume=resume)
+    sites = [torch.load(records / f"round-{rounds}-site-{k}.pt", weights_only=True) for k in range(2)]
+    for s in sites:
+        s["vector"] = [t.numpy().astype(np.float64) for t in s["vector"]]
+        s["start"] = {key: t.numpy() for key, t in s["start"].items()}
+    _, fed = build_federation(raw)
+    return {"run": RunDir(path), "fed": fed, "sites": sites, "gate_calls": gate_calls, "fit_calls": fit_calls}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """2-site, 1-round federations: SecAgg+ with local gating (default SecAgg+ settings), then resumed for a
+    second round; SecAgg+ with the server gate (max weight 64: finer weights); the server gate without SecAgg+
+    (the control)."""
+    tmp = tmp_path_factory.mktemp("secagg")
+    local = _federate(tmp, "secure-local", secure_aggregation="secagg+")
+    local["global_1"] = load_checkpoint(local["run"].latest_checkpoint())
+    return {"local": local,
+            "resumed": _federate(tmp, "secure-local", rounds=2, resume=True, secure_aggregation="secagg+"),
+            "server": _federate(tmp, "secure-server", secure_aggregation="secagg+", gate_level="server",
+                                secagg_max_weight=64.0),
+            "plain-server": _federate(tmp, "plain-server", gate_level="server")}
+
+
+def _flat(checkpoint: dict) -> dict[str, np.ndarray]:
+    """A checkpoint's E and R as the federation's flat array dict."""
+    return {f"{part}.{key}": v.numpy() for part in ("enhancer", "recognizer") for key, v in checkpoint[part].items()}
+
+
+# -------------------------------------------------------------------------------------------------------
+# the bound and the checks
+def weighted_mean(vectors: list[np.ndarray], ns: list[int]) -> np.ndarray:
+    """FedAvg's mean: Σ n_k v_k / Σ n_k."""
+    return sum(n * v for n, v in zip(ns, vectors)) / sum(ns)
+
+
+def secagg_tolerance(vectors: list[np.ndarray], ns: list[int], fed) -> np.ndarray:
+    """The per-entry bound of the module docstring: (N·2c/Q + Σ_k |dq_k − n_k/W|·|v_k − v̄|) / Σ_k dq_k."""
+    c, q, w = fed.secagg_clipping_range, fed.secagg_quantization_range, fed.secagg_max_weight
+    dq = [round(n / w * q) / q for n in ns]
+    mean = weighted_mean(vectors, ns)
+    spread = sum(abs(d - n / w) * np.abs(v - mean) for d, n, v in zip(dq, ns, vectors))
+    return (len(ns) * 2 * c / q + spread) / sum(dq)
+
+
+def assert_only_the_secure_mean(seen: list[np.ndarray], sites: list[dict], index: int, fed) -> None:
+    """`seen` (what reached server-side code) are each the weighted mean of the sites' vector `index` within the
+    quantisation bound, and none of them is a site's own vector: most of its entries lie outside that bound."""
+    ns = [s["n"] for s in sites]
+    own = [s["vector"][index] for s in sites]
+    mean, tol = weighted_mean(own, ns), secagg_tolerance(own, ns, fed)
+    assert seen, "nothing reached the server-side code"
+    for got in seen:
+        got = np.asarray(got, np.float64).reshape(mean.shape)
+        assert np.all(np.abs(got - mean) <= tol), f"max excess {np.max(np.abs(got - mean) - tol):.3g}"
+        for k, v in enumerate(own):
+            far = float(np.mean(np.abs(got - v) > tol))
+            assert far > 0.5, f"what reached the server equals {SITES[k]}'s own vector ({far:.0%} of entries apart)"
+
+
+# -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_with_local_gating_the_secure_aggregate_is_fedavg_within_the_quantisation_bound(runs):
+    r = runs["local"]
+    run, fed, sites = r["run"], r["fed"], r["sites"]
+    assert run.read_run()["status"] == "finished"
+    start = sites[0]["start"]
+    assert all(np.array_equal(sites[1]["start"][key], v) for key, v in start.items())  # one global model sent
+    ns = [s["n"] for s in sites]
+    got = _flat(r["global_1"])
+    assert list(got) == list(start) and len(sites[0]["vector"]) == len(start)  # updates only: no gate pair
+    worst = 0.0
+    for i, (key, s) in enumerate(start.items()):
+        # FedAvg of the sites' new weights w_k = start + v_k, in float64
+        new = [np.asarray(s, np.float64) + site["vector"][i].reshape(s.shape) for site in sites]
+        fedavg = weighted_mean(new, ns)
+        if s.dtype.kind != "f":  # integer buffers (BatchNorm's step counter): the same count on every site
+            assert np.array_equal(got[key], np.rint(fedavg).astype(s.dtype)), key
+            continue
+        tol = secagg_tolerance([site["vector"][i].reshape(s.shape) for site in sites], ns, fed)
+        tol = tol + 2.0**-23 * np.abs(fedavg)  # the global model is stored as float32
+        err = np.abs(got[key].astype(np.float64) - fedavg)
+        assert np.all(err <= tol), (key, float(np.max(err - tol)))
+        worst = max(worst, float(np.max(err)))
+    # the aggregate really went through SecAgg+'s quantisation (not a plain mean): an error of its order
+    quantum = 2 * fed.secagg_clipping_range / fed.secagg_quantization_range / sum(
+        round(n / fed.secagg_max_weight * fed.secagg_quantization_range) / fed.secagg_quantization_range
+        for n in ns)
+    assert quantum / 10 < worst <= 2 * quantum + 1e-6
+
+
+@pytest.mark.slow
+def test_a_secure_federation_resumes_from_its_checkpoint_in_the_same_run_directory(runs):
+    r = runs["resumed"]
+    run = r["run"]
+    info = run.read_run()
+    assert (info["status"], info["rounds"], info["secure_aggregation"]) == ("finished", 2, "secagg+")
+    rows = pq.read_table(run.path / "rounds.parquet").to_pylist()
+    assert [(x["round"], x["site"], x["status"]) for x in rows] == [
+        (n, s, "ok") for n in (1, 2) for s in (*SITES, "global")]
+    assert load_checkpoint(run.latest_checkpoint())["round"] == 2
+    # round 2 started from round 1's checkpointed global model, on both sites
+    global_1 = _flat(runs["local"]["global_1"])
+    for site in r["sites"]:
+        assert all(np.array_equal(site["start"][key], v) for key, v in global_1.items())
+    assert [x["epoch"] for x in run.read_epochs() if x["split"] == "val"] == [1, 2]
+
+
+@pytest.mark.slow
+def test_with_the_server_gate_the_server_sees_only_the_secure_means_of_the_sites_vectors(runs):
+    r = runs["server"]
+    run, fed, sites = r["run"], r["fed"], r["sites"]
+    info = run.read_run()
+    assert (info["status"], info["secure_aggregation"], info["gate_level"]) == ("finished", "secagg+", "server")
+    n_model = len(sites[0]["start"])
+    assert all(len(s["vector"]) == n_model + 2 for s in sites)  # the update, then A_e and A_r
+    # what reaches the strategy: every FitRes carries the same secure mean of the sites' whole vectors
+    (fit,) = r["fit_calls"]
+    assert len(fit) == 2 and all(len(p) == n_model + 2 for p in fit)
+    for i in (0, 5, n_model - 1, n_model, n_model + 1):
+        assert_only_the_secure_mean([p[i] for p in fit], sites, i, fed)
+    # what reaches the server gate: one pair, the secure weighted means of the sites' (A_e, A_r), never a site's
+    (call,) = r["gate_calls"]
+    assert len(call["pairs"]) == 1 and call["weights"] == [1.0]
+    ge, gr = call["pairs"][0]
+    assert_only_the_secure_mean([ge], sites, n_model, fed)
+    assert_only_the_secure_mean([gr], sites, n_model + 1, fed)
+    rows = pq.read_table(run.path / "rounds.parquet").to_pylist()
+    assert [(x["site"], x["status"]) for x in rows] == [(SITES[0], "ok"), (SITES[1], "ok"), ("global", "ok")]
+    # metrics travel in the clear: the site rows have their own losses and sizes
+    assert [x["num_examples"] for x in rows[:2]] == [s["n"] for s in sites]
+    assert all(x["loss_e"] is not None and not math.isnan(x["loss_e"]) for x in rows[:2])
+    assert rows[2]["server_gate_open"] in (0.0, 1.0) and rows[2]["server_cos"] is not None
+
+
+@pytest.mark.slow
+def test_the_check_fails_when_a_single_sites_vector_reaches_the_server_gate(runs):
+    # without SecAgg+ the server gate receives each site's own (A_e, A_r): the same check must catch it
+    r = runs["plain-server"]
+    fed = build_federation({"federated": {"hospitals": 2, "secure_aggregation": "secagg+",
+                                          "secagg_max_weight": 64.0}})[1]  # the bound SecAgg+ would have had
+    (call,) = r["gate_calls"]
+    assert len(call["pairs"]) == 2
+    n_model = len(r["sites"][0]["start"])
+    with pytest.raises(AssertionError, match="own vector|max excess"):
+        assert_only_the_secure_mean([call["pairs"][0][0]], r["sites"], n_model, fed)
+    assert r["fit_calls"] == []  # the plain run never touched the SecAgg+ strategy
+
+
+# -------------------------------------------------------------------------------------------------------
+# fast: the rules around SecAgg+
+@pytest.mark.parametrize("extra, match", [
+    ({"dp": "server-fixed"}, "federated.dp: server-fixed. cannot be combined.*Set one of the two to none"),
+    ({"dp": "client-fixed"}, "federated.secure_aggregation: secagg\\+. and .federated.dp: client-fixed"),
+    ({"hospitals": 1, "min_answers": 1}, "at least 2 sampled sites"),
+    ({"record_updates": True}, "record_updates"),
+    ({"secagg_quantization_range": 2**31}, "2\\*\\*32"),
+])
+def test_secagg_config_rules(extra, match):
+    with pytest.raises(ConfigError, match=match):
+        build_federation({"federated": {"hospitals": 2, "secure_aggregation": "secagg+", **extra}})
+    _, fed = build_federation({"federated": {"hospitals": 2, "secure_aggregation": "secagg+"}})
+    assert (fed.secagg_clipping_range, fed.secagg_quantization_range, fed.secagg_max_weight) == (8.0, 2**22, 1000.0)
+
+
+def test_a_site_refuses_a_vector_secagg_would_clip_overflow_or_scramble():
+    _, fed = build_federation({"federated": {"hospitals": 2, "secure_aggregation": "secagg+",
+                                             "secagg_clipping_range": 1.0, "secagg_max_weight": 100.0}})
+    ok = [np.full(3, 1.9)]  # weighted by 50/100: 0.95, inside [-1, 1]
+    check_maskable(ok, 50, fed, "hospital-0")
+    with pytest.raises(ValueError, match="secagg_clipping_range"):
+        check_maskable([np.full(3, 2.1)], 50, fed, "hospital-0")
+    with pytest.raises(ValueError, match="secagg_max_weight"):
+        check_maskable(ok, 101, fed, "hospital-0")
+    with pytest.raises(ValueError, match="non-finite"):
+        check_maskable([np.array([0.0, np.nan])], 50, fed, "hospital-0")
+
+
+def test_dashboard_summary_names_secure_aggregation():
+    from gradprom.dashboard.views.federation import privacy_text
+
+    info = {"dp": "none", "secure_aggregation": "secagg+", "secagg_clipping_range": 8.0,
+            "secagg_quantization_range": 4194304, "secagg_max_weight": 1000.0}
+    assert privacy_text(info) == ("SecAgg+ (the server sees only the sites' weighted mean; clipping range 8, "
+                                  "4194304 levels, max weight 1000), no DP")
+    assert privacy_text({"dp": "none", "secure_aggregation": "none"}) == "no DP"
