@@ -58,7 +58,8 @@ def check(rows: list[dict], task: str) -> dict[str, Any]:
             for name in ("clean", "degraded input", "enhance_only")}
     reasons = []
     if not np.isfinite(c) or c < CLEAN_MIN:
-        reasons.append(f"the judge scores {c:.3f} on clean images (< {CLEAN_MIN}): it does not read the class")
+        reads = "does not read the class" if task == "classification" else "does not find the lesions"
+        reasons.append(f"the judge scores {c:.3f} on clean images (< {CLEAN_MIN}): it {reads}")
     if not np.isfinite(c - d) or not (c - d > margin):
         reasons.append(f"no headroom: clean − degraded is {c - d:+.3f}, not above the task margin {margin:.3f}")
     if not diffs:

@@ -58,6 +58,12 @@ def test_a_failed_premise_says_the_setting_cannot_show_task_help(case, reason):
     assert ("is itself a finding" in text) == (case == "joint does not help")
 
 
+def test_a_weak_segmentation_judge_is_said_to_miss_the_lesions():
+    p = prem.check(_rows([0.56] * 6, [0.40] * 6, [0.45] * 6, [0.44] * 6, task="segmentation"), "segmentation")
+    assert any("does not find the lesions" in r for r in p["reasons"]), p["reasons"]
+    assert not any("read the class" in r for r in p["reasons"])
+
+
 def test_the_report_of_a_failed_premise_draws_no_task_conclusion(tmp_path):
     """write_report on a hand-built results table: the premise fails (weak judge), so the Conclusions hold no
     task verdict, while the quality statements remain."""
