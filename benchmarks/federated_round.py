@@ -12,8 +12,8 @@ Side by side, in one run:
   privacy       the same federation with and without secure aggregation and DP, side by side:
                 `federated.secure_aggregation: secagg+` (Flower's SecAgg+) and `federated.dp` none / server-fixed /
                 client-fixed at `gate_level` local, and none / secagg+ / server-fixed at `gate_level` server:
-                warm round time, the bytes that really cross the wire per round (every message a site receives
-                and sends, counted at the site as Flower's message_size_mod counts them: the records' bytes),
+                warm round time, the bytes that cross the wire per round (every message a site receives and
+                sends, its content serialised as Flower's protobuf, counted at the site),
                 the messages per round, and the server gate's open rate and cos per round (--dp-noise, --dp-clip)
 
 Usage: python benchmarks/federated_round.py [--hospitals 4] [--local-steps 8] [--image-size 64] [--rounds 3]
@@ -128,13 +128,15 @@ def warm_round(rows: list[dict]) -> float:
 
 
 def _byte_counter(path: Path):
-    """A site mod (outermost): the bytes of every message the site receives and sends, appended to `path` from
-    inside the ClientApp's Ray actor (one line per message pair)."""
+    """A site mod (outermost): the serialised size (Flower's protobuf, as it goes over gRPC) of every message's
+    content the site receives and sends, appended to `path` from inside the ClientApp's Ray actor (one line per
+    message pair). Not Flower's message_size_mod: its `count_bytes` fails on SecAgg+'s empty lists."""
+    from flwr.common.serde import recorddict_to_proto
 
     def count(msg, context, call_next):
         reply = call_next(msg, context)
-        down = sum(r.count_bytes() for r in msg.content.values())
-        up = sum(r.count_bytes() for r in reply.content.values()) if reply.has_content() else 0
+        down = recorddict_to_proto(msg.content).ByteSize()
+        up = recorddict_to_proto(reply.content).ByteSize() if reply.has_content() else 0
         with open(path, "a") as f:
             f.write(f"{down} {up}\n")
         return reply

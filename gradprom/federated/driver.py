@@ -101,12 +101,12 @@ class FederationRun:
         common = dict(min_nodes=fed.min_connected, min_answers=fed.min_answers, fraction_train=fed.fraction_train,
                       evaluate_sites=fed.evaluate_sites, round_offset=self.done, server_gate=gate,
                       proximal_mu=fed.proximal_mu, eta=fed.server_lr, eta_l=cfg.optim.lr, tau=fed.server_tau)
+        initial = self.initial_arrays()
+        self.array_keys = list(initial)  # the order of the legacy (unnamed) arrays under SecAgg+
         if fed.secure_aggregation == "secagg+":  # Flower's SecAgg+ runs on its legacy strategies (secagg.py)
-            initial = self.initial_arrays()
-            keys = list(initial)
             self.strategy = build_secure_strategy(
-                fed.strategy, self.recorder, keys=keys, initial=initial,
-                round_config=round_config_fn(keys, self.round_config), evaluate_fn=self._evaluate_legacy,
+                fed.strategy, self.recorder, keys=self.array_keys, initial=initial,
+                round_config=round_config_fn(self.array_keys, self.round_config), evaluate_fn=self._evaluate_legacy,
                 with_pair=fed.gate_level == "server", **common)
         else:
             self.strategy = build_strategy(
@@ -141,7 +141,7 @@ class FederationRun:
 
     def _evaluate_legacy(self, server_round: int, arrays: list, config: dict) -> tuple[float, dict] | None:
         """`evaluate` for Flower's legacy strategies (unnamed arrays in the global model's order)."""
-        metrics = self.evaluate(server_round, to_record(dict(zip(self.initial_arrays(), arrays, strict=True))))
+        metrics = self.evaluate(server_round, to_record(dict(zip(self.array_keys, arrays, strict=True))))
         if metrics is None:
             return None
         return float(metrics.get("loss_e", 0.0)), dict(metrics)

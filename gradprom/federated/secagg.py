@@ -122,11 +122,18 @@ class SecureRecording:
             named.add(site)
             self.recorder.site_row(rnd, site, "failed", text)
             log.warning("round %d: %s failed: %s", rnd, site, text)
-        for node in self.sampled.get(server_round, []):
-            site = self.node_sites.get(node, f"node-{node}")
-            if node not in answered and site not in named:
-                self.recorder.site_row(rnd, site, "failed", "no reply within the round timeout, or dropped out of "
-                                       "secure aggregation")
+        # a failure names its site, not its node: a missing node of unknown site may be one of them
+        missing = [node for node in self.sampled.get(server_round, []) if node not in answered]
+        known = {self.node_sites[node] for node in missing if node in self.node_sites}
+        unmatched = len(named - known)
+        for node in missing:
+            site = self.node_sites.get(node)
+            if site is None and unmatched > 0:
+                unmatched -= 1
+                continue
+            if site not in named:
+                self.recorder.site_row(rnd, site or f"node-{node}", "failed", "no reply within the round timeout, "
+                                       "or dropped out of secure aggregation")
 
     def aggregate_fit(self, server_round: int, results: list, failures: list):
         rnd = server_round + self.round_offset
