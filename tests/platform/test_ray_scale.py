@@ -238,6 +238,22 @@ def _wait_for(path: Path, thread: threading.Thread, timeout_s: float = 300) -> i
     return int(path.read_text())
 
 
+def _recovered_and_equal(thread: threading.Thread, box: dict, clean: Path) -> Path:
+    """The faulted run finished, step rows 1..N once each, and equals the uninterrupted run `clean`."""
+    thread.join(600)
+    assert "error" not in box, box.get("error")
+    path = box["path"]
+    t = steps_of(path)
+    assert t.column("step").to_pylist() == list(range(1, 2 * EPOCHS + 1))  # none lost, none duplicated
+    assert t.column("gate_open").to_pylist() == steps_of(clean).column("gate_open").to_pylist()
+    a, b = RunDir(path).read_run(), RunDir(clean).read_run()
+    assert a["status"] == "finished"
+    for k in ("psnr", "ssim", "dice"):
+        assert a["test"][k] == pytest.approx(b["test"][k], abs=METRIC_ATOL)
+    assert enhancer_diff(path, clean) < METRIC_ATOL
+    return path
+
+
 @pytest.mark.slow
 def test_kill_9_of_a_worker_mid_epoch_restarts_from_the_checkpoint_and_matches(scale_runs):
     from gradprom.platform.distributed.runner import train_on_ray
@@ -252,17 +268,7 @@ def test_kill_9_of_a_worker_mid_epoch_restarts_from_the_checkpoint_and_matches(s
     assert status["pid"] == pid and status["epoch"] == 0  # mid-epoch 1: epoch 0 done and checkpointed
     time.sleep(5)  # the controller collects reports every 2 s: let it register epoch 0's checkpoint first
     os.kill(pid, signal.SIGKILL)
-    thread.join(600)
-    assert "error" not in box, box.get("error")
-    path = box["path"]
-    t = steps_of(path)
-    assert t.column("step").to_pylist() == list(range(1, 2 * EPOCHS + 1))  # none lost, none duplicated
-    assert t.column("gate_open").to_pylist() == steps_of(clean).column("gate_open").to_pylist()
-    a, b = RunDir(path).read_run(), RunDir(clean).read_run()
-    assert a["status"] == "finished"
-    for k in ("psnr", "ssim", "dice"):
-        assert a["test"][k] == pytest.approx(b["test"][k], abs=METRIC_ATOL)
-    assert enhancer_diff(path, clean) < METRIC_ATOL
+    path = _recovered_and_equal(thread, box, clean)
     after = read_statuses(path)[1]
     assert after["pid"] != pid and after["start_epoch"] == 1  # a new process resumed rank 1 from epoch 0's checkpoint
 
@@ -317,17 +323,7 @@ def test_kill_9_of_the_second_nodes_raylet_restarts_on_a_replacement_node_and_ma
         assert time.monotonic() < deadline, "the GCS never marked the killed node dead"
         time.sleep(0.5)
     cluster.second = cluster.add_node("node_second", num_cpus=2)  # the replacement: same resources, new node
-    thread.join(600)
-    assert "error" not in box, box.get("error")
-    path = box["path"]
-    t = steps_of(path)
-    assert t.column("step").to_pylist() == list(range(1, 2 * EPOCHS + 1))  # none lost, none duplicated
-    assert t.column("gate_open").to_pylist() == steps_of(clean).column("gate_open").to_pylist()
-    a, b = RunDir(path).read_run(), RunDir(clean).read_run()
-    assert a["status"] == "finished"
-    for k in ("psnr", "ssim", "dice"):
-        assert a["test"][k] == pytest.approx(b["test"][k], abs=METRIC_ATOL)
-    assert enhancer_diff(path, clean) < METRIC_ATOL
+    path = _recovered_and_equal(thread, box, clean)
     nodes = {s["node_id"] for s in read_statuses(path).values()}
     assert lost_node not in nodes and len(nodes) == 2  # the resumed workers ran on the head and the new node
     assert all(s["start_epoch"] == 1 for s in read_statuses(path).values())  # from epoch 0's checkpoint
