@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -105,6 +106,10 @@ def bench_worker(config: dict) -> None:
                                                    "params_r": sum(p.numel() for p in R.parameters())}))
 
 
+ALLOCATORS_THAT_RETURN_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072",
+                                 "ARROW_DEFAULT_MEMORY_POOL": "system"}
+
+
 def sharding_bench(args) -> None:
     """--sharding: samples/s and per-worker memory of the three data paths on one store (see the docstring)."""
     import numpy as np
@@ -117,6 +122,12 @@ def sharding_bench(args) -> None:
     from gradprom.platform.store.convert import convert
     from gradprom.platform.store.format import Store
 
+    # allocators that give freed memory back (as the cluster of tests/platform/test_ray_scale.py sets), so a
+    # worker's anonymous memory follows what it holds: glibc returns blocks of 64 KiB and more at once, and
+    # Arrow decodes into glibc instead of its own jemalloc pool, which keeps freed blocks. The local Ray instance
+    # below starts its workers with this process's environment; set them yourself to measure other allocators.
+    for key, value in ALLOCATORS_THAT_RETURN_MEMORY.items():
+        os.environ.setdefault(key, value)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rng = np.random.default_rng(0)
