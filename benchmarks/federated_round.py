@@ -127,54 +127,18 @@ def warm_round(rows: list[dict]) -> float:
     return min(warm) if warm else float("nan")
 
 
-def _byte_counter(path: Path):
-    """A site mod (outermost): the serialised size (Flower's protobuf, as it goes over gRPC) of every message's
-    content the site receives and sends, appended to `path` from inside the ClientApp's Ray actor (one line per
-    message pair). Not Flower's message_size_mod: its `count_bytes` fails on SecAgg+'s empty lists."""
-    from flwr.common.serde import recorddict_to_proto
-
-    def count(msg, context, call_next):
-        reply = call_next(msg, context)
-        down = recorddict_to_proto(msg.content).ByteSize()
-        up = recorddict_to_proto(reply.content).ByteSize() if reply.has_content() else 0
-        with open(path, "a") as f:
-            f.write(f"{down} {up}\n")
-        return reply
-
-    return count
-
-
-def _counting_client_app(raw: dict, path: Path):
-    """The product's ClientApp (its handlers and train mods) inside the byte counter (benchmark only)."""
-    from flwr.clientapp import ClientApp
-
-    from gradprom.federated.client_app import handle_evaluate, handle_train, train_mods
-
-    app = ClientApp()
-
-    @app.train(mods=[_byte_counter(path), *train_mods(raw)])
-    def train(msg, context):
-        return handle_train(msg, context, raw)
-
-    @app.evaluate(mods=[_byte_counter(path)])
-    def evaluate(msg, context):
-        return handle_evaluate(msg, context, raw)
-
-    return app
-
-
 def counted_simulation(raw: dict, tmp: str, name: str) -> tuple[Path, int, int]:
-    """`simulate(raw)` with every site message counted; returns the run, bytes and messages over the run."""
-    import gradprom.federated.client_app as client_app_module
+    """`simulate(raw)` with every site message counted (GRADPROM_MESSAGE_BYTES_LOG, message_bytes.py); returns
+    the run, bytes and messages over the run."""
+    from gradprom.federated.message_bytes import ENV
 
     counts = Path(tmp) / f"{name}.bytes"
     counts.touch()
-    make = client_app_module.make_client_app
-    client_app_module.make_client_app = lambda raw_: _counting_client_app(raw_, counts)  # what simulate() builds
+    os.environ[ENV] = str(counts)  # the simulation's processes and Ray actors inherit this process's environment
     try:
         path = simulate({**raw, "run": {"out": tmp, "name": name}})
     finally:
-        client_app_module.make_client_app = make
+        del os.environ[ENV]
     pairs = [tuple(map(int, line.split())) for line in counts.read_text().splitlines() if line.strip()]
     return Path(path), sum(a + b for a, b in pairs), len(pairs)
 

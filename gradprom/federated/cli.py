@@ -1,4 +1,4 @@
-"""`gradprom federate`: federated GradProm across simulated hospitals (Flower simulation on Ray)."""
+"""`gradprom federate`: federated GradProm across simulated hospitals (Flower's simulation runtime, Ray backend)."""
 
 from __future__ import annotations
 

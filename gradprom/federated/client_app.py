@@ -1,9 +1,8 @@
 """The hospital's ClientApp: Flower glue around task.py. Only weights and metrics leave the site.
 
-`make_client_app(raw)` builds one for a simulation (the config travels in the closure, because
-`run_simulation` gives an empty run config); the module-level `app` serves `flwr run .` and real SuperNodes,
-reading the config from `context.run_config` and the site from `context.node_config` (`partition-id`,
-optional `data-path`: the hospital's own .npz).
+The module-level `app` serves `gradprom federate` (Flower's simulation runtime), `flwr run .` and real
+SuperNodes alike: it reads the config from `context.run_config` and the site from `context.node_config`
+(`partition-id`, optional `data-path`: the hospital's own .npz).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from gradprom.platform.errors import GradPromError
 
 from .config import build_federation, from_run_config
 from .faults import fault_mod
+from .message_bytes import message_bytes_mod
 from .partition import info_from_config, load_site, site_name
 from .privacy import DP_WEIGHT, as_float
 from .secagg_site import LEGACY_EVALUATE, evaluate_reply, fit_reply, is_legacy, legacy_inputs, masked_vector, secure_mod
@@ -36,10 +36,8 @@ def _site(context: Context) -> tuple[int, str | None]:
     return int(nc["partition-id"]), (str(path) if path else None)
 
 
-def _config(raw: dict[str, Any] | None, context: Context) -> dict[str, Any]:
-    """The fixed config (simulation), or the run config's, with `hospitals` from the node config if unset."""
-    if raw is not None:
-        return raw
+def site_config(context: Context) -> dict[str, Any]:
+    """The federation's config from the run config, with `hospitals` from the node config if unset."""
     out = from_run_config(dict(context.run_config))
     fed = out.setdefault("federated", {})
     if "hospitals" not in fed and "num-partitions" in context.node_config:
@@ -119,33 +117,22 @@ def clip_when_asked_mod(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
-def train_mods(raw: dict[str, Any] | None = None) -> list:
-    """The train handler's mods, outermost first: SecAgg+ (masks what leaves the site), DP's clipping, faults."""
-    fed_raw = (raw or {}).get("federated") or {}
-    mods = []
-    if raw is None or fed_raw.get("secure_aggregation", "none") != "none":
-        mods.append(secure_mod(lambda context: _config(raw, context)))
-    if raw is None or fed_raw.get("dp") == "client-fixed":  # clips the update the site sends, after any fault
-        mods.append(clip_when_asked_mod)
-    if raw is None or bool(fed_raw.get("faults")):
-        mods.append(fault_mod(lambda context: _config(raw, context)))
-    return mods
+def train_mods() -> list:
+    """The train handler's mods, outermost first: SecAgg+ (masks what leaves the site), DP's clipping (after any
+    fault), faults. Each reads the run config per message and passes straight through when it does not apply."""
+    return [secure_mod(site_config), clip_when_asked_mod, fault_mod(site_config)]
 
 
-def make_client_app(raw: dict[str, Any] | None = None) -> ClientApp:
-    """A ClientApp with the federation's config fixed (simulation) or read from the run config (None)."""
-    client = ClientApp()
-    mods = train_mods(raw)
-
-    @client.train(mods=mods)
-    def train(msg: Message, context: Context) -> Message:
-        return handle_train(msg, context, _config(raw, context))
-
-    @client.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        return handle_evaluate(msg, context, _config(raw, context))
-
-    return client
+# GRADPROM_MESSAGE_BYTES_LOG: measuring only (message_bytes.py)
+_counter = [m for m in (message_bytes_mod(),) if m is not None]
+app = ClientApp()
 
 
-app = make_client_app()
+@app.train(mods=[*_counter, *train_mods()])
+def train(msg: Message, context: Context) -> Message:
+    return handle_train(msg, context, site_config(context))
+
+
+@app.evaluate(mods=_counter)
+def evaluate(msg: Message, context: Context) -> Message:
+    return handle_evaluate(msg, context, site_config(context))

@@ -102,7 +102,7 @@ class FedConfig(BaseModel):
                                                "its masks if it drops out (at least 2); higher = harder to collude, "
                                                "less tolerant of dropouts", gt=0.0, le=1.0)
     # --- runtime -----------------------------------------------------------------------------------------
-    cpus_per_client: float = F(1.0, "simulation: Ray CPUs per ClientApp", gt=0.0)
+    cpus_per_client: int = F(1, "simulation: Ray CPUs per ClientApp (whole CPUs: Flower's simulation runtime)", ge=1)
     num_cpus: int | None = F(None, "simulation: CPUs of the private Ray instance (null = one per site, up to all)",
                              ge=1)
     record_updates: bool = F(False, "debugging and tests: keep each site's returned weights under <run>/updates/")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,13 @@ from .privacy import privacy_header, privacy_spent
 from .records import RoundsRecorder
 from .secagg import build_secure_strategy, round_config_fn, secagg_header
 from .server_gate import make_server_gate
-from .strategy import build_strategy, from_record, to_record
+from .strategy import STOP, build_strategy, from_record, to_record
 from .task import evaluate_arrays, get_arrays, new_models, set_arrays
 
 log = logging.getLogger(__name__)
+# `gradprom federate` asks for a stop between rounds by creating this file in the run directory (the ServerApp
+# runs in Flower's simulation process, which the terminal's Ctrl-C does not reach)
+STOP_FILE = "stop-requested"
 
 
 def run_path_for(raw: dict[str, Any]) -> Path:
@@ -146,8 +151,27 @@ class FederationRun:
             return None
         return float(metrics.get("loss_e", 0.0)), dict(metrics)
 
-    def running(self) -> AbstractContextManager[None]:
-        """The run header (sites table, run.json "running", config.yaml) and its terminal status."""
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """The run header (sites table, run.json "running", config.yaml) and its terminal status; a stop asked
+        for with `<run>/stop-requested` stops the federation after the round in flight."""
+        STOP.clear()
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch_stop_file, args=(done,), daemon=True)
+        watcher.start()
+        try:
+            with self._header():
+                yield
+        finally:
+            done.set()
+
+    def _watch_stop_file(self, done: threading.Event) -> None:
+        while not done.wait(0.5):
+            if (self.run.path / STOP_FILE).is_file():
+                STOP.set()
+                return
+
+    def _header(self):
         cfg, fed, run = self.cfg, self.fed, self.run
         run.create()
         sites = describe_sites(cfg, fed)

@@ -15,11 +15,12 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from .config import from_run_config
+from .console import federation_console
 from .driver import FederationRun, preflight, run_path_for
 from .secagg import run_secure
 from .strategy import to_record
 
-__all__ = ["app", "make_server_app", "preflight", "run_path_for", "run_server"]
+__all__ = ["app", "preflight", "run_path_for", "run_server"]
 
 
 def run_server(grid: Grid, context: Context, raw: dict[str, Any], run_path: str | Path | None = None,
@@ -39,17 +40,14 @@ def run_server(grid: Grid, context: Context, raw: dict[str, Any], run_path: str 
     return fr.run.path
 
 
-def make_server_app(raw: dict[str, Any] | None = None, run_path: str | Path | None = None,
-                    resume: bool = False) -> ServerApp:
-    """A ServerApp with the config fixed (simulation) or read from the run config (None: `flwr run`)."""
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        conf = raw if raw is not None else from_run_config(dict(context.run_config))
-        run_server(grid, context, conf, run_path, resume)
-
-    return server
+app = ServerApp()
 
 
-app = make_server_app()
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """The federation in the run config (`gradprom federate`, `flwr run`); its `resume` continues the run
+    directory `<out>/<name>` from its last checkpointed round."""
+    run_config = dict(context.run_config)
+    if run_config.get("console"):  # started by `gradprom federate`: its console contract in this process
+        federation_console()
+    run_server(grid, context, from_run_config(run_config), resume=bool(run_config.get("resume", False)))

@@ -1,17 +1,14 @@
-"""`gradprom federate`: the federation as a Flower simulation on this machine (Ray backend).
+"""`gradprom federate`: the federation on Flower's own simulation runtime on this machine (Ray backend).
 
-`run_simulation` gives the apps an empty run config, so the resolved config travels in the app closures.
-Ray is always a private local instance (`address: local`), never a cluster another process started.
+The CLI checks the config, the run directory and the data first (clear errors before any process starts), then
+runs the app with `flwr run --stream` on a private SuperLink in simulation mode (flower_runtime.py): the
+ServerApp and the sites' ClientApps run in Flower's simulation process, which writes the run directory exactly
+as a deployment does. Ray is always a private local instance (RAY_ADDRESS=local), never a cluster another
+process started.
 
-Why `run_simulation` and not `flwr run` (Flower 1.42 marks the former deprecated): `flwr run` sends the app as a
-FAB to a detached `flower-superlink --simulation` process (flwr/cli/run/, flwr/simulation/app.py), so the
-ServerApp runs in another process that reads only `context.run_config` (strings), the console sees logs only
-with `--stream`, Ctrl-C reaches the CLI and not the ServerApp (a stop is `flwr stop RUN_ID`), and Ray is started
-by that process (`address: local` cannot be passed; RAY_ADDRESS=local in its environment). The run directory,
-resume, fault injection and the between-rounds stop of `gradprom federate` depend on the ServerApp running in
-this process; `flwr run .` with the module-level apps (client_app.app, server_app.app) is the supported way
-for that runtime. Both paths end in the same `flwr.simulation.run_simulation._run_simulation`; the deprecation
-banner is dropped from the console on purpose (runlog.py) and kept in log.txt.
+Ctrl-C (or SIGTERM) asks the ServerApp to stop after the round in flight (a `stop-requested` file in the run
+directory, which the driver watches): its checkpoint is kept and the run is "stopped" with a resume hint. A second
+Ctrl-C stops the SuperLink and every process it started at once.
 """
 
 from __future__ import annotations
@@ -19,91 +16,84 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from gradprom.platform.errors import TrainingError
-from gradprom.platform.rundir import RunDir
+from gradprom.platform.rundir import RunDir, now_iso
 
 from .config import build_federation
-from .runlog import federation_logging, ray_logging_level
-from .strategy import STOP
+from .driver import STOP_FILE
+from .flower_runtime import APPS, flwr_run
 
 log = logging.getLogger(__name__)
 
 
-def _request_stop(signum, frame) -> None:
-    log.warning("stopping after the current round (press Ctrl-C again to abort at once)")
-    STOP.set()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def ray_logging_level(verbose: bool) -> str:
+    """`ray.init(logging_level=...)` for the simulation's private Ray instance."""
+    return "INFO" if verbose else "WARNING"
 
-
-def _no_client_tracebacks(record: logging.LogRecord) -> bool:
-    """Drop Flower's multi-page Ray tracebacks of a failed ClientApp (shown with -v)."""
-    msg = str(record.msg)
-    return not any(t in msg for t in ("Traceback (most recent call last)", "ClientAppActor", "  File \"",
-                                      "An exception was raised when processing a message"))
-
-
-def _quiet_stop(default):
-    """The ServerApp thread ends with FederationStopped on a requested stop: not worth a traceback."""
-    def hook(args) -> None:
-        if not isinstance(args.exc_value, KeyboardInterrupt):
-            default(args)
-    return hook
+# the ServerApp process may still be closing run.json when the stream ends
+FINAL_STATUS_WAIT_S = 60.0
 
 
 def simulate(raw: dict[str, Any], run_path: str | Path | None = None, resume: bool = False,
-             verbose: bool | None = None) -> Path:
-    """Run (or resume) the federation in a Flower simulation; returns the run directory (with log.txt).
+             verbose: bool | None = None, apps: tuple[str, str] = APPS) -> Path:
+    """Run (or resume) the federation on Flower's simulation runtime; returns the run directory (with log.txt).
 
-    `verbose` (default: the root logger is at DEBUG, i.e. `gradprom -v`) shows Flower's and Ray's INFO lines."""
-    # imported here: the CLI must not load flwr/ray at `gradprom --help`
-    import ray  # noqa: F401  (its logger exists before runlog.py attaches log.txt to it)
-    from flwr.simulation import run_simulation
-
-    from .client_app import make_client_app
-    from .server_app import make_server_app, preflight, run_path_for
+    `verbose` (default: the root logger is at DEBUG, i.e. `gradprom -v`) shows Flower's and Ray's INFO lines.
+    `apps` (ServerApp, ClientApp as `module:attribute`): GradProm's, or wrappers of them that instrument a run."""
+    from .server_app import preflight, run_path_for
 
     cfg, fed = build_federation(raw, source="federation config")
     path = Path(run_path) if run_path else run_path_for(raw)
     preflight(raw, path, resume)
-    # ClientApps run in Ray actors: one torch thread each, so N actors share the cores without oversubscribing
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    num_cpus = fed.num_cpus or max(1, min(os.cpu_count() or 1, int(fed.hospitals * fed.cpus_per_client)))
     if verbose is None:
         verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    backend = {"client_resources": {"num_cpus": fed.cpus_per_client, "num_gpus": 0.0},
-               "init_args": {"address": "local", "num_cpus": num_cpus, "include_dashboard": False,
-                             "log_to_driver": False, "logging_level": ray_logging_level(verbose)}}
+    num_cpus = fed.num_cpus or max(1, min(os.cpu_count() or 1, fed.hospitals * fed.cpus_per_client))
+    federation = {"num-supernodes": fed.hospitals, "backend": "ray", "client-resources-num-cpus": fed.cpus_per_client,
+                  "client-resources-num-gpus": 0.0, "init-args-num-cpus": num_cpus,
+                  "init-args-logging-level": ray_logging_level(verbose), "init-args-log-to-driver": verbose}
     raw = {**raw, "run": {**raw.get("run", {}), "name": path.name, "out": str(path.parent)}}
-    flwr_log = logging.getLogger("flwr")
-    propagate = flwr_log.propagate
-    flwr_log.propagate = False  # Flower prints its own log lines; do not print them twice
-    if not log.isEnabledFor(logging.DEBUG):  # a site's failure is one line in our log and the rounds table
-        flwr_log.addFilter(_no_client_tracebacks)
-    STOP.clear()
-    # Ctrl-C / SIGTERM: finish the round in flight, keep its checkpoint, then stop (a second Ctrl-C aborts)
-    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    hook = threading.excepthook
-    threading.excepthook = _quiet_stop(hook)
+    # ClientApps run in Ray actors: one torch thread each, so N actors share the cores without oversubscribing
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "RAY_ADDRESS": "local",
+           # Ray's start-up FutureWarning about accelerator env vars on zero-GPU actors: keep today's behaviour
+           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "PYTHONUNBUFFERED": "1"}
+    stop_file = path / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+
+    def request_stop(signum, frame) -> None:
+        log.warning("stopping after the current round (press Ctrl-C again to abort at once)")
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler)
+
+    log.info("federation %s: %d hospitals, %d rounds, %s, gate level %s, dp %s (Flower simulation runtime, "
+             "%d CPUs)", path, fed.hospitals, fed.rounds, fed.strategy, fed.gate_level, fed.dp, num_cpus)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with federation_logging(path, verbose):
-            log.info("federation %s: %d hospitals, %d rounds, %s, gate level %s, dp %s (Flower simulation, "
-                     "%d CPUs)", path, fed.hospitals, fed.rounds, fed.strategy, fed.gate_level, fed.dp, num_cpus)
-            run_simulation(server_app=make_server_app(raw, path, resume), client_app=make_client_app(raw),
-                           num_supernodes=fed.hospitals, backend_name="ray", backend_config=backend)
+        rc = flwr_run(raw, path, resume, federation, env, verbose, apps)
+    except KeyboardInterrupt:  # the second Ctrl-C: flwr_run stopped the SuperLink and its processes
+        run = RunDir(path)
+        if run.read_run().get("status") == "running":
+            run.write_run(status="stopped", end=now_iso(), error="aborted (a second Ctrl-C); continue it with "
+                          f"`gradprom federate --resume {path}` from its last checkpointed round")
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        threading.excepthook = hook
-        flwr_log.propagate = propagate
-        flwr_log.removeFilter(_no_client_tracebacks)
-    info = RunDir(path).read_run()
+        stop_file.unlink(missing_ok=True)
+    run = RunDir(path)
+    deadline = time.monotonic() + FINAL_STATUS_WAIT_S
+    while run.read_run().get("status") == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    info = run.read_run()
     if info.get("status") == "stopped":
         raise KeyboardInterrupt(info.get("error"))
     if info.get("status") != "finished":
-        err = info.get("error") or "the ServerApp stopped before writing its run directory (see the log above)"
+        err = info.get("error") or (f"`flwr run` exited with {rc} before the ServerApp finished its run directory "
+                                    f"(see {path / 'log.txt'} and {path / 'flower-superlink.log'})")
         raise TrainingError(f"Federation {str(path)!r} did not finish: {err}")
     return path

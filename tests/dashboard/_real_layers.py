@@ -37,7 +37,7 @@ class _Cli:
             rc = -1
         finally:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the group it started: the CLI and its Ray processes
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the group it started (a federation stops its SuperLink)
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=30)

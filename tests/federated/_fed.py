@@ -38,13 +38,22 @@ def start_cli(args: list[str], tmp: Path, log_name: str):
 
 
 def stop_group(proc) -> None:
-    """Kill the process group the test started (the CLI and the Ray processes it spawned), if still there."""
+    """Kill the process group the test started and every process the CLI started (its private SuperLink and what
+    that started run in sessions of their own), if still there."""
     import signal
 
+    from gradprom.federated.flower_runtime import descendants
+
+    started = descendants(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for pid in started:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait(timeout=30)
 
 

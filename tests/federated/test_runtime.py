@@ -1,11 +1,11 @@
-"""`gradprom federate` as a user sees it (issue 19): a quiet console unless -v (in-process), every Flower line in
-<run>/log.txt, no deprecation banner, sites degraded by --degradation, figures/rounds.png, and a real
-simulation under differential privacy with the server gate (run.json records the privacy parameters)."""
+"""`gradprom federate` as a user sees it (issue 19), on Flower's own simulation runtime (`flwr run` on a private
+SuperLink): a quiet console unless -v, every Flower line in <run>/log.txt, no deprecation warning, sites degraded
+by --degradation, figures/rounds.png, a real simulation under differential privacy with the server gate
+(run.json records the privacy parameters), and no process left behind."""
 
 from __future__ import annotations
 
 import math
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,10 +18,10 @@ from ._fed import run_cli, tiny
 FLOWER_INFO = "aggregate_train: Received"  # Flower's INFO line of every aggregation
 
 
-def _federate(tmp, name: str, *flags: str, **federated):
+def _federate(tmp, name: str, *flags: str, verbose: bool = False, **federated):
     cfg_path = tmp / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny(tmp / "runs", name, **federated)))
-    rc, out = run_cli(["federate", "--config", str(cfg_path), *flags], tmp, name)
+    rc, out = run_cli([*(["-v"] if verbose else []), "federate", "--config", str(cfg_path), *flags], tmp, name)
     assert rc == 0, out[-3000:]
     return RunDir(tmp / "runs" / name), out
 
@@ -38,7 +38,7 @@ def test_quiet_dp_federation_with_degradation_server_gate_figures_and_log(tmp_pa
     assert "round 2/2: 2 sites ok" in out
     log = (run.path / "log.txt").read_text()
     assert FLOWER_INFO in log and "central DP noise" in log and "round 2/2: 2 sites ok" in log
-    assert "The `run_simulation` function is deprecated" in log  # dropped from the console only, on purpose
+    assert "deprecated" not in log.lower()  # Flower's own runtime: no deprecated API on the way
     # --degradation is every site's scanner (the noise ramp is off)
     sites = pq.read_table(run.path / "sites.parquet").to_pylist()
     assert [s["degradation"] for s in sites] == ["gaussian:sigma=0.25"] * 2
@@ -54,43 +54,24 @@ def test_quiet_dp_federation_with_degradation_server_gate_figures_and_log(tmp_pa
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_verbose_brings_flowers_lines_back_and_log_txt_always_has_them(tmp_path, capfd, request):
-    """In-process (the simulation above covers the quiet side end to end): Flower's own logger and console."""
-    import logging
+@pytest.mark.slow
+def test_verbose_brings_flowers_lines_back_and_the_runtime_leaves_no_process(tmp_path):
+    """`-v` shows Flower's INFO lines on the console; the private SuperLink and every process it started (its
+    SuperExec, the simulation process, Ray) are gone when the command returns."""
+    from gradprom.federated.flower_runtime import descendants
 
-    from flwr.common.logger import log
+    before = set(descendants(1))
+    run, out = _federate(tmp_path, "verbose", verbose=True, hospitals=2, rounds=1)
+    assert FLOWER_INFO in out and "Starting Flower Simulation" in out, out[-3000:]
+    assert FLOWER_INFO in (run.path / "log.txt").read_text()
+    assert "deprecated" not in out.lower(), out
+    left = [p for p in set(descendants(1)) - before if _cmdline(p) and any(
+        k in _cmdline(p) for k in ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server"))]
+    assert not left, [_cmdline(p) for p in left]
 
-    from gradprom.federated.runlog import federation_logging
-    from gradprom.platform.logs import ConsoleFilter
 
-    # Start from Flower's default console: its handler at INFO, writing to this test's stderr, without the CLI's
-    # verbosity filter. An earlier test in this process may have left any of those changed (the handler keeps the
-    # stream of the test that imported Flower; an in-process CLI run leaves its filter), and federation_logging
-    # promises only to put back what it found. The finalizer puts back what this test found.
-    flwr_handlers = [h for h in logging.getLogger("flwr").handlers if isinstance(h, logging.StreamHandler)
-                     and not isinstance(h, logging.FileHandler)]
-    found = [(h, h.stream, h.level, list(h.filters)) for h in flwr_handlers]
-    for h in flwr_handlers:
-        h.stream = sys.stderr
-        h.setLevel(logging.INFO)
-        for f in [f for f in h.filters if isinstance(f, ConsoleFilter)]:
-            h.removeFilter(f)
-
-    def put_back():
-        for h, _stream, level, filters in found:
-            h.stream = sys.__stderr__  # the capture stream it had is closed once its test ended
-            h.setLevel(level)
-            h.filters[:] = filters
-
-    request.addfinalizer(put_back)
-    for verbose in (False, True):
-        with federation_logging(tmp_path / str(verbose), verbose) as path:
-            log(logging.INFO, "%s %s", FLOWER_INFO, verbose)
-            log(logging.WARNING, "The `run_simulation` function is deprecated and will be removed")
-        err = capfd.readouterr().err
-        assert (f"{FLOWER_INFO} {verbose}" in err) == verbose, err
-        assert "deprecated" not in err  # the banner is dropped from the console, verbose or not
-        text = path.read_text()
-        assert f"{FLOWER_INFO} {verbose}" in text and "The `run_simulation` function is deprecated" in text
-    log(logging.INFO, "after the run")  # the console handler is back as it was: Flower's default
-    assert "after the run" in capfd.readouterr().err
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

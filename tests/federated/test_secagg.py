@@ -1,9 +1,11 @@
 """Secure aggregation (`federated.secure_aggregation: secagg+`) with Flower's real SecAgg+ workflow and mod, in a
-real Flower simulation (in-process ServerApp, ClientApps in Ray actors).
+real Flower simulation (`gradprom federate`'s runtime: the ServerApp in Flower's simulation process, ClientApps
+in Ray actors).
 
-Two hooks belong to this test, not to the product: each site's own record of the vector it handed to the masking
-(a train mod innermost in the site's own mod chain, written from inside the Ray actor), and a spy on what reaches
-the server gate and the strategy's aggregate_fit on the server (wrappers that record, then call the real code).
+Two hooks belong to this test, not to the product (_spy_app.py, the apps these runs use): each site's own record
+of the vector it handed to the masking (a train mod innermost in the site's own mod chain, written from inside
+the Ray actor), and a spy on what reaches the server gate and the strategy's aggregate_fit on the server
+(wrappers that record, then call the real code).
 
 Quantisation tolerance, per entry (secagg.py explains where it comes from): with N sites, site weights n_k,
 clipping range c, Q levels and max weight W, Flower's mod weighs site k by dq_k = round(n_k Q / W) / Q and rounds
@@ -17,111 +19,52 @@ and the global model, stored as float32, adds at most 2^-23 of its own size.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from flwr.clientapp import ClientApp
-from flwr.common import parameters_to_ndarrays
 
-from gradprom.federated import client_app as client_app_module
-from gradprom.federated import driver as driver_module
-from gradprom.federated import server_gate as server_gate_module
-from gradprom.federated.client_app import handle_evaluate, handle_train, train_mods
 from gradprom.federated.config import build_federation
-from gradprom.federated.secagg import SecureRecording
-from gradprom.federated.secagg_site import check_maskable, is_legacy, legacy_inputs, reply_vector
+from gradprom.federated.secagg_site import check_maskable
 from gradprom.federated.simulation import simulate
-from gradprom.federated.strategy import from_record
-from gradprom.federated.task import GATE_KEYS
 from gradprom.platform.checkpoint import load_checkpoint
 from gradprom.platform.errors import ConfigError
 from gradprom.platform.rundir import RunDir
 
 from ._fed import tiny
+from ._spy_app import SPY_ENV
 
 SITES = ("hospital-0", "hospital-1")
-
-
-# -------------------------------------------------------------------------------------------------------
-# the test's hooks
-def _site_recorder(folder: Path):
-    """A train mod (innermost, at the site): the site's own record of the vector it hands to SecAgg+ (or, without
-    SecAgg+, of its plain reply), written from inside the ClientApp's Ray actor."""
-
-    def record(msg, context, call_next):
-        reply = call_next(msg, context)
-        k = int(context.node_config["partition-id"])
-        if is_legacy(msg.content):
-            start, conf = legacy_inputs(msg.content)
-            n = int(reply.content.metric_records["fitres.num_examples"]["num_examples"])
-            vector = reply_vector(reply)
-        else:
-            start, conf = from_record(msg.content["arrays"]), msg.content["config"]
-            sent = from_record(reply.content["arrays"])
-            n = int(next(iter(reply.content.metric_records.values()))["num-examples"])
-            vector = [np.asarray(sent[key], np.float64) - np.asarray(start[key], np.float64) for key in start]
-            vector += [sent[key] for key in GATE_KEYS if key in sent]
-        folder.mkdir(parents=True, exist_ok=True)
-        rnd = int(conf["server-round"]) + int(conf.get("round-offset", 0))  # a resumed run counts on
-        torch.save({"n": n, "start": {key: torch.as_tensor(np.array(v)) for key, v in start.items()},
-                    "vector": [torch.as_tensor(np.array(v)) for v in vector]}, folder / f"round-{rnd}-site-{k}.pt")
-        return reply
-
-    return record
-
-
-def _recording_client_app(raw: dict, folder: Path) -> ClientApp:
-    """The product's ClientApp (its handlers and its train mods, in its order) with the site recorder innermost."""
-    app = ClientApp()
-
-    @app.train(mods=[*train_mods(raw), _site_recorder(folder)])
-    def train(msg, context):
-        return handle_train(msg, context, raw)
-
-    @app.evaluate()
-    def evaluate(msg, context):
-        return handle_evaluate(msg, context, raw)
-
-    return app
+REPO = Path(__file__).resolve().parents[2]  # where the simulation process imports tests.federated._spy_app from
 
 
 def _federate(tmp: Path, name: str, rounds: int = 1, resume: bool = False, hospitals: int = 2, **federated) -> dict:
-    """One real simulation with both hooks; returns the run, the sites' records of its last round (of the sites
-    that got as far as handing a vector over) and what the server saw."""
-    # a short round timeout: if Ray's runtime dies under load, the in-process ServerApp gives up in minutes
+    """One real simulation with the test's apps (_spy_app.py); returns the run, the sites' records of its last
+    round (of the sites that got as far as handing a vector over) and what the server saw."""
+    # a short round timeout: if Ray's runtime dies under load, the ServerApp gives up in minutes
     raw = tiny(tmp / "runs", name, hospitals=hospitals, rounds=rounds, round_timeout_s=180.0, **federated)
-    records = tmp / f"{name}-site-records"
-    gate_calls: list[dict] = []
-    fit_calls: list[list[list[np.ndarray]]] = []
-    real_aggregate_fit = SecureRecording.aggregate_fit
-
-    def spy_gate(cfg, models, gate_log):
-        real = server_gate_module.make_server_gate(cfg, models, gate_log)
-
-        def hook(rnd, start, agg, pairs, weights):
-            gate_calls.append({"round": rnd, "pairs": [(np.array(a), np.array(b)) for a, b in pairs],
-                               "weights": list(weights)})
-            return real(rnd, start, agg, pairs, weights)
-
-        return hook
-
-    def spy_fit(self, server_round, results, failures):
-        fit_calls.append([parameters_to_ndarrays(res.parameters) for _, res in results])
-        return real_aggregate_fit(self, server_round, results, failures)
-
+    spy = tmp / f"{name}-spy-{'resume' if resume else 'first'}"
+    spy.mkdir()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(driver_module, "make_server_gate", spy_gate)
-        mp.setattr(SecureRecording, "aggregate_fit", spy_fit)
-        mp.setattr(client_app_module, "make_client_app", lambda raw_: _recording_client_app(raw_, records))
-        path = simulate(raw, tmp / "runs" / name, resume=resume)
+        mp.setenv(SPY_ENV, str(spy))  # the simulation's processes inherit this process's environment
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        path = simulate(raw, tmp / "runs" / name, resume=resume,
+                        apps=("tests.federated._spy_app:server", "tests.federated._spy_app:client"))
+    records = spy / "sites"
     sites = [torch.load(records / f"round-{rounds}-site-{k}.pt", weights_only=True) for k in range(hospitals)
              if (records / f"round-{rounds}-site-{k}.pt").is_file()]
     for s in sites:
         s["vector"] = [t.numpy().astype(np.float64) for t in s["vector"]]
         s["start"] = {key: t.numpy() for key, t in s["start"].items()}
+    calls = sorted(spy.glob("*-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    gate_calls = [torch.load(p, weights_only=True) for p in calls if p.name.startswith("gate-")]
+    for g in gate_calls:
+        g["pairs"] = [(a.numpy(), b.numpy()) for a, b in g["pairs"]]
+    fit_calls = [[[t.numpy() for t in reply] for reply in torch.load(p, weights_only=True)["replies"]]
+                 for p in calls if p.name.startswith("fit-")]
     _, fed = build_federation(raw)
     return {"run": RunDir(path), "fed": fed, "sites": sites, "gate_calls": gate_calls, "fit_calls": fit_calls}
 
