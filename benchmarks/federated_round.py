@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("GRADPROM_VERBOSITY", "quiet")  # the federations' own round lines stay in their log.txt
 
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402

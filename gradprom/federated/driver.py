@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,10 +33,11 @@ from gradprom.platform.errors import ConfigError, DataError
 from gradprom.platform.lifecycle import RunLifecycle
 from gradprom.platform.loop import saved_config
 from gradprom.platform.metrics import task_metric_name
-from gradprom.platform.rundir import RunDir, versions, write_parquet
+from gradprom.platform.rundir import RunDir, now_iso, versions, write_parquet
 
 from .config import build_federation, federation_dict, save_federation
 from .figures import save_rounds
+from .flower_runtime import descendants, process_alive
 from .partition import describe_sites, info_to_config, load_dataset
 from .privacy import privacy_header, privacy_spent
 from .records import RoundsRecorder
@@ -86,7 +89,9 @@ def _weighted(rows: list[dict], key: str) -> float | None:
 class FederationRun:
     """One federation's run directory and the server's side of each round."""
 
-    def __init__(self, raw: dict[str, Any], run_path: str | Path | None = None, resume: bool = False):
+    def __init__(self, raw: dict[str, Any], run_path: str | Path | None = None, resume: bool = False,
+                 parent_pid: int | None = None):
+        self.parent_pid = parent_pid  # the `gradprom federate` process that launched this run, if one did
         self.cfg, self.fed = cfg, fed = build_federation(raw, source="federation config")
         torch.set_num_threads(cfg.run.num_threads or 1)
         self.run = RunDir(run_path or run_path_for(raw))
@@ -169,7 +174,24 @@ class FederationRun:
         while not done.wait(0.5):
             if (self.run.path / STOP_FILE).is_file():
                 STOP.set()
-                return
+            if self.parent_pid and not process_alive(self.parent_pid):
+                self._orphaned()
+
+    def _orphaned(self) -> None:
+        """`gradprom federate` is gone (killed): nobody will read this run's stream or stop its SuperLink, which
+        died with it, so this simulation process would wait forever. Stop the processes it started (its Ray
+        instance), mark the run stopped (its last checkpointed round resumes) and exit, before the round in
+        flight could write anything more."""
+        log.error("gradprom federate (pid %d) is gone: stopping the federation; its last checkpointed round "
+                  "resumes with --resume", self.parent_pid)
+        for pid in descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.run.write_run(status="stopped", end=now_iso(), error="the gradprom federate process was killed; "
+                           f"continue it with `gradprom federate --resume {self.run.path}`")
+        os._exit(1)
 
     def _header(self):
         cfg, fed, run = self.cfg, self.fed, self.run

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ out = ""
 name = ""
 resume = false
 console = false
+parent-pid = 0
 """
 # lines of `flwr run` and of Flower's console that a default-verbosity run does not show (log.txt has Flower's)
 _FLOWER_INFO = re.compile(r"^(\x1b\[[0-9;]*m)?(INFO|DEBUG)\s*(\x1b\[0m)?\s*:")
@@ -110,6 +111,19 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux /proc; elsewhere: it exists)."""
+    if not Path("/proc").is_dir():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -132,14 +146,16 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
     proc.wait(timeout=30)
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when the `gradprom` process that started it dies (Linux), so a killed CLI
-    leaves no SuperLink behind; and a session of its own, so the terminal's Ctrl-C reaches only the CLI."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the child SIGTERMed when the `gradprom` process that started it dies (Linux's
+    PR_SET_PDEATHSIG), so a killed CLI leaves no SuperLink behind; None elsewhere. The C function is looked up
+    here, before the fork, so the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 @contextmanager
@@ -157,8 +173,9 @@ def simulation_superlink(env: dict[str, str], log_path: Path) -> Iterator[tuple[
     cmd = [str(Path(bin_dir) / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
            "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation"]
     with open(log_path, "ab") as out:
+        # a session of its own: the terminal's Ctrl-C reaches only the CLI, which stops the run between rounds
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=_die_with_parent())
     try:
         _wait_ready(proc, port, log_path)
         yield CONNECTION, env
@@ -222,11 +239,12 @@ def flwr_run(raw: dict[str, Any], path: Path, resume: bool, federation: dict[str
         path.mkdir(parents=True, exist_ok=True)
         with simulation_superlink(env, path / "flower-superlink.log") as (connection, flwr_env):
             run_config = {"config": str(work / "federation.yaml"), "out": str(path.resolve().parent), "name": path.name,
-                          "resume": resume, "console": True}
+                          "resume": resume, "console": True, "parent-pid": os.getpid()}
             cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(work / "app"), connection, "--stream",
                    "--run-config", config_args(run_config), "--federation-config", config_args(federation)]
             proc = subprocess.Popen(cmd, env=flwr_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, bufsize=1, preexec_fn=_die_with_parent)
+                                    stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True,
+                                    preexec_fn=_die_with_parent())
             try:
                 assert proc.stdout is not None
                 for line in proc.stdout:

@@ -24,10 +24,10 @@ __all__ = ["app", "preflight", "run_path_for", "run_server"]
 
 
 def run_server(grid: Grid, context: Context, raw: dict[str, Any], run_path: str | Path | None = None,
-               resume: bool = False) -> Path:
+               resume: bool = False, parent_pid: int | None = None) -> Path:
     """Run (or resume) the federation described by `raw` on `grid` (the ServerApp's context); returns the run
-    directory."""
-    fr = FederationRun(raw, run_path, resume)
+    directory. `parent_pid`: the `gradprom federate` process; the run stops if it dies."""
+    fr = FederationRun(raw, run_path, resume, parent_pid)
     rounds = fr.fed.rounds - fr.done
     with fr.running():
         if fr.fed.secure_aggregation == "secagg+":  # Flower's DefaultWorkflow + SecAgg+ (legacy path, secagg.py)
@@ -50,4 +50,5 @@ def main(grid: Grid, context: Context) -> None:
     run_config = dict(context.run_config)
     if run_config.get("console"):  # started by `gradprom federate`: its console contract in this process
         federation_console()
-    run_server(grid, context, from_run_config(run_config), resume=bool(run_config.get("resume", False)))
+    run_server(grid, context, from_run_config(run_config), resume=bool(run_config.get("resume", False)),
+               parent_pid=int(run_config.get("parent-pid", 0) or 0) or None)

@@ -6,6 +6,9 @@ by --degradation, figures/rounds.png, a real simulation under differential priva
 from __future__ import annotations
 
 import math
+import os
+import signal
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +16,7 @@ import yaml
 
 from gradprom.platform.rundir import RunDir
 
-from ._fed import run_cli, tiny
+from ._fed import run_cli, start_cli, stop_group, tiny
 
 FLOWER_INFO = "aggregate_train: Received"  # Flower's INFO line of every aggregation
 
@@ -55,19 +58,52 @@ def test_quiet_dp_federation_with_degradation_server_gate_figures_and_log(tmp_pa
 
 
 @pytest.mark.slow
-def test_verbose_brings_flowers_lines_back_and_the_runtime_leaves_no_process(tmp_path):
-    """`-v` shows Flower's INFO lines on the console; the private SuperLink and every process it started (its
-    SuperExec, the simulation process, Ray) are gone when the command returns."""
+def test_verbose_shows_flowers_lines_a_killed_cli_leaves_no_process_and_the_run_resumes(tmp_path):
+    """`-v` shows Flower's INFO lines on the console. kill -9 of the `gradprom federate` process after round 1:
+    its private SuperLink and every process that started (SuperExec, the simulation process, Ray) are gone soon
+    after, and the run is "stopped"; `--resume` (default verbosity: none of Flower's INFO lines) finishes it
+    and leaves no process behind either."""
     from gradprom.federated.flower_runtime import descendants
 
     before = set(descendants(1))
-    run, out = _federate(tmp_path, "verbose", verbose=True, hospitals=2, rounds=1)
+    cfg_path = tmp_path / "killed.yaml"
+    # 3 rounds: after round 1's checkpoint at least two rounds remain, longer than the ServerApp takes to notice
+    cfg_path.write_text(yaml.safe_dump(tiny(tmp_path / "runs", "killed", hospitals=2, rounds=3)))
+    run = RunDir(tmp_path / "runs" / "killed")
+    proc = start_cli(["-v", "federate", "--config", str(cfg_path)], tmp_path, "killed")
+    try:
+        deadline = time.monotonic() + 300
+        while not run.latest_checkpoint().is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        started = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)  # the CLI alone: what it started must follow by itself
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 90
+        while _ours(started) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _ours(started), [_cmdline(p) for p in _ours(started)]
+    finally:
+        stop_group(proc)
+    out = proc.log_path.read_text()
     assert FLOWER_INFO in out and "Starting Flower Simulation" in out, out[-3000:]
+    info = run.read_run()
+    assert info["status"] == "stopped" and "--resume" in info["error"], info
+
+    rc, out = run_cli(["federate", "--resume", str(run.path)], tmp_path, "resumed")
+    assert rc == 0, out[-3000:]
+    assert FLOWER_INFO not in out and "deprecated" not in out.lower(), out
+    assert run.read_run()["status"] == "finished"
     assert FLOWER_INFO in (run.path / "log.txt").read_text()
-    assert "deprecated" not in out.lower(), out
-    left = [p for p in set(descendants(1)) - before if _cmdline(p) and any(
-        k in _cmdline(p) for k in ("flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server"))]
-    assert not left, [_cmdline(p) for p in left]
+    assert not _ours(set(descendants(1)) - before), [_cmdline(p) for p in _ours(set(descendants(1)) - before)]
+
+
+def _ours(pids) -> list[int]:
+    """Those of `pids` still alive that are Flower's or Ray's processes."""
+    from gradprom.federated.flower_runtime import process_alive
+
+    return [p for p in pids if process_alive(p) and any(k in _cmdline(p) for k in (
+        "flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server", "default_worker"))]
 
 
 def _cmdline(pid: int) -> str:
