@@ -7,6 +7,8 @@ side by side (this one and a base commit), with an empty phantom cache (cold) an
   evaluate    the whole `evaluate` command (test split of the run it trained)
   data        in-process seconds of `build_datasets` on the default config (the phantoms: generated, or read
               from the cache), without the imports; repeated `--data-repeats` times, as it is the least noisy part
+  floor       what is not GradProm's in a first step: `import torch` with torch's first optimizer (it imports
+              torch._dynamo), and `import monai` (its __init__ loads every subpackage)
 
 The first step is timed by a small launcher that wraps TrainStep.__call__ before running the CLI's main(), so the
 same measurement applies to both checkouts. Each checkout gets its own empty cache directory (GRADPROM_CACHE_DIR),
@@ -54,6 +56,29 @@ t = time.time()
 build_datasets(cfg)
 print(f"DATA {time.time() - t:.3f}")
 """
+
+
+# the part of any first step that is not GradProm's: torch's import and its first optimizer (which imports
+# torch._dynamo, through torch._disable_dynamo on Optimizer.add_param_group), then `import monai`, whose
+# __init__ loads every MONAI subpackage whatever one imports from it
+FLOOR_LAUNCHER = """
+import time
+t0 = time.perf_counter()
+import torch
+torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+t1 = time.perf_counter()
+import monai
+t2 = time.perf_counter()
+print(f"FLOOR {t1 - t0:.3f} {t2 - t1:.3f}")
+"""
+
+
+def floor_times() -> tuple[float, float]:
+    """(torch import + first optimizer, MONAI import) in seconds, in a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", FLOOR_LAUNCHER], capture_output=True, text=True, timeout=600,
+                          check=True)
+    torch_s, monai_s = proc.stdout.split("FLOOR")[1].split()
+    return float(torch_s), float(monai_s)
 
 
 def data_time(checkout: Path, cache: Path) -> float:
@@ -110,6 +135,8 @@ def main() -> None:
                 results.setdefault((name, "cold", "data"), []).append(data_time(checkout, cache))
                 results.setdefault((name, "warm", "data"), []).append(data_time(checkout, cache))
 
+    floors = [floor_times() for _ in range(max(a.repeats, 1))]
+
     def med(name: str, state: str, what: str) -> float:
         return statistics.median(results[(name, state, what)])
 
@@ -122,6 +149,13 @@ def main() -> None:
                 continue
             b, t = med("base", state, what), med("this", state, what)
             print(f"{what + ' (' + state + ')':<22}{b:>9.1f}{t:>9.1f}{t / b:>11.2f}")
+    torch_s, monai_s = (statistics.median(f[i] for f in floors) for i in (0, 1))
+    print(f"\nnot GradProm's (fresh process, median of {len(floors)}): import torch + its first optimizer "
+          f"{torch_s:.1f} s, then import monai {monai_s:.1f} s")
+    if ("this", "warm", "first step") in results:
+        beyond = med("this", "warm", "first step") - torch_s
+        print(f"this checkout's warm first step beyond torch's own: {beyond:.1f} s (of which MONAI's import "
+              f"{monai_s:.1f} s)")
 
 
 if __name__ == "__main__":
