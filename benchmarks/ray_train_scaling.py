@@ -106,26 +106,20 @@ def bench_worker(config: dict) -> None:
                                                    "params_r": sum(p.numel() for p in R.parameters())}))
 
 
-ALLOCATORS_THAT_RETURN_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072",
-                                 "ARROW_DEFAULT_MEMORY_POOL": "system"}
-
-
 def sharding_bench(args) -> None:
     """--sharding: samples/s and per-worker memory of the three data paths on one store (see the docstring)."""
     import numpy as np
 
     from gradprom.platform.config import build_config
     from gradprom.platform.distributed.runner import train_on_ray
-    from gradprom.platform.distributed.worker_status import read_statuses
+    from gradprom.platform.distributed.worker_status import ALLOCATORS_THAT_RETURN_MEMORY, read_statuses
     from gradprom.platform.rundir import RunDir
     from gradprom.platform.store import write
     from gradprom.platform.store.convert import convert
     from gradprom.platform.store.format import Store
 
-    # allocators that give freed memory back (as the cluster of tests/platform/test_ray_scale.py sets), so a
-    # worker's anonymous memory follows what it holds: glibc returns blocks of 64 KiB and more at once, and
-    # Arrow decodes into glibc instead of its own jemalloc pool, which keeps freed blocks. The local Ray instance
-    # below starts its workers with this process's environment; set them yourself to measure other allocators.
+    # allocators that give freed memory back (worker_status.py), as the memory test's cluster has them; the local
+    # Ray instance below starts its workers with this process's environment: set them yourself to measure others
     for key, value in ALLOCATORS_THAT_RETURN_MEMORY.items():
         os.environ.setdefault(key, value)
     with tempfile.TemporaryDirectory() as tmp:

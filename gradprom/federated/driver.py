@@ -162,7 +162,7 @@ class FederationRun:
         for with `<run>/stop-requested` stops the federation after the round in flight."""
         STOP.clear()
         done = threading.Event()
-        watcher = threading.Thread(target=self._watch_stop_file, args=(done,), daemon=True)
+        watcher = threading.Thread(target=self._watch, args=(done,), daemon=True)
         watcher.start()
         try:
             with self._header():
@@ -170,7 +170,8 @@ class FederationRun:
         finally:
             done.set()
 
-    def _watch_stop_file(self, done: threading.Event) -> None:
+    def _watch(self, done: threading.Event) -> None:
+        """Between-rounds stop on `<run>/stop-requested`; exit if the launching `gradprom federate` is gone."""
         while not done.wait(0.5):
             if (self.run.path / STOP_FILE).is_file():
                 STOP.set()

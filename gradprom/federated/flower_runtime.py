@@ -92,10 +92,10 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process started, directly or not, by `pid` (SuperExec and the simulation run in sessions of their
-    own, so a process group does not reach them)."""
-    tree, out, todo = _children(), [], [pid]
+def descendants(*pids: int) -> list[int]:
+    """Every process started, directly or not, by any of `pids` (SuperExec and the simulation run in sessions of
+    their own, so a process group does not reach them)."""
+    tree, out, todo = _children(), [], list(pids)
     while todo:
         for child in tree.get(todo.pop(), []):
             out.append(child)
@@ -121,10 +121,6 @@ def process_alive(pid: int) -> bool:
         except PermissionError:
             return True
         return True
-    return _alive(pid)
-
-
-def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -137,12 +133,13 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
     pids = [proc.pid, *descendants(proc.pid)]
     _signal_all(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        pids += [d for p in pids for d in descendants(p) if d not in pids]  # started while stopping
-        if proc.poll() is not None and not any(_alive(p) for p in pids[1:]):
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the SuperLink once it has exited
+        pids += [d for d in descendants(*pids) if d not in pids]  # started while stopping
+        if not any(process_alive(p) for p in pids):
             break
         time.sleep(0.2)
-    _signal_all([p for p in pids if _alive(p)], signal.SIGKILL)
+    _signal_all([p for p in pids if process_alive(p)], signal.SIGKILL)
     proc.wait(timeout=30)
 
 

@@ -24,11 +24,18 @@ import pytest
 import torch
 
 from gradprom.platform.build import train_loader
-from gradprom.platform.distributed.worker_status import read_statuses
+from gradprom.platform.distributed.worker_status import ALLOCATORS_THAT_RETURN_MEMORY, read_statuses
 from gradprom.platform.rundir import RunDir
 
 from .._ray_cluster import RayCluster
-from .test_ray_train import METRIC_ATOL, WEIGHT_ATOL, enhancer_diff, make_cfg, steps_of, write_phantom_store
+from .test_ray_train import (
+    WEIGHT_ATOL,
+    assert_recovered_run_equals,
+    enhancer_diff,
+    make_cfg,
+    steps_of,
+    write_phantom_store,
+)
 
 EPOCHS = 2
 BUFFER = 4  # shuffle buffer of the equivalence runs (images)
@@ -84,12 +91,10 @@ def test_exact_stream_slices_make_the_local_streamed_batches(tmp_path):
 def cluster():
     import ray
 
-    # glibc returns freed blocks of 64 KiB and more to the system at once (by default it keeps up to tens of MiB
-    # of freed tensors) and Arrow decodes into glibc rather than its own jemalloc pool (which keeps freed blocks:
-    # with it, streaming mode's rank 0 rose 8.5-13.5 MiB in its second epoch), so a worker's resident memory
-    # follows what it holds: the memory test measures that
-    c = RayCluster(num_cpus=2, env={"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072",
-                              "ARROW_DEFAULT_MEMORY_POOL": "system"})
+    # allocators that give freed memory back, so a worker's resident memory follows what it holds: the memory
+    # test measures that (with Arrow's own jemalloc pool, streaming mode's rank 0 rose 8.5-13.5 MiB in its second
+    # epoch: memory the pool keeps for reuse)
+    c = RayCluster(num_cpus=2, env=ALLOCATORS_THAT_RETURN_MEMORY)
     try:
         second = c.add_node("node_second", num_cpus=2)
         ray.init(address=c.address, configure_logging=False, log_to_driver=False)
@@ -244,14 +249,7 @@ def _recovered_and_equal(thread: threading.Thread, box: dict, clean: Path) -> Pa
     thread.join(600)
     assert "error" not in box, box.get("error")
     path = box["path"]
-    t = steps_of(path)
-    assert t.column("step").to_pylist() == list(range(1, 2 * EPOCHS + 1))  # none lost, none duplicated
-    assert t.column("gate_open").to_pylist() == steps_of(clean).column("gate_open").to_pylist()
-    a, b = RunDir(path).read_run(), RunDir(clean).read_run()
-    assert a["status"] == "finished"
-    for k in ("psnr", "ssim", "dice"):
-        assert a["test"][k] == pytest.approx(b["test"][k], abs=METRIC_ATOL)
-    assert enhancer_diff(path, clean) < METRIC_ATOL
+    assert_recovered_run_equals(path, clean, 2 * EPOCHS)
     return path
 
 

@@ -311,15 +311,21 @@ def test_ray_run_directory_is_a_run_directory(runs):
 
 @pytest.mark.slow
 def test_failed_worker_restarts_from_the_checkpoint_and_matches(runs):
-    fault, clean = runs("fault"), runs("w2")
-    t = steps_of(fault)
-    assert t.column("step").to_pylist() == list(range(1, 2 * EPOCHS + 1))  # replayed steps are not duplicated
+    assert_recovered_run_equals(runs("fault"), runs("w2"), 2 * EPOCHS)
+
+
+def assert_recovered_run_equals(path: Path, clean: Path, steps: int) -> None:
+    """A run that recovered from a fault finished with step rows 1..steps once each (replayed steps are not
+    duplicated, none lost), the same gate decisions as the uninterrupted run `clean`, and its metrics and
+    weights within tolerance."""
+    t = steps_of(path)
+    assert t.column("step").to_pylist() == list(range(1, steps + 1))
     assert t.column("gate_open").to_pylist() == steps_of(clean).column("gate_open").to_pylist()
-    a, b = RunDir(fault).read_run(), RunDir(clean).read_run()
+    a, b = RunDir(path).read_run(), RunDir(clean).read_run()
     assert a["status"] == "finished"
     for k in ("psnr", "ssim", "dice"):
         assert a["test"][k] == pytest.approx(b["test"][k], abs=METRIC_ATOL)
-    assert enhancer_diff(fault, clean) < METRIC_ATOL
+    assert enhancer_diff(path, clean) < METRIC_ATOL
 
 
 @pytest.mark.slow

@@ -36,6 +36,14 @@ def memory_mb() -> tuple[float, float]:
         return peak, peak
 
 
+# allocators that give freed memory back at once, so a worker's resident memory follows what it holds: glibc
+# returns blocks of 64 KiB and more (by default it keeps up to tens of MiB of freed tensors), and Arrow decodes
+# into glibc instead of its own jemalloc pool, which keeps freed blocks. Put them in the environment of `ray start`
+# (the memory test's cluster and benchmarks/ray_train_scaling.py do) to measure a worker's memory this way.
+ALLOCATORS_THAT_RETURN_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072",
+                                 "ARROW_DEFAULT_MEMORY_POOL": "system"}
+
+
 def data_memory_mb() -> float:
     """Anonymous resident memory in MiB: what this process's data and tensors occupy; 0 off Linux. Not counted:
     code pages of torch and Ray (in the peak RSS: the first steps touch them, they do not grow with the data)
